@@ -1,0 +1,107 @@
+//! Atelier's storage layer: the only place SQL lives.
+//!
+//! One [`Store`] handle is opened at start-up and shared by the HTTP server and the admin
+//! commands. Each public method is one use of the database: reads go straight to the pool,
+//! writes run in one explicit transaction that takes SQLite's write lock at `BEGIN`
+//! (`BEGIN IMMEDIATE`), so checks and writes that belong together (the last-admin invariant,
+//! the one-admin setup) cannot interleave with another process's. Services never see SQL or a
+//! transaction, which is what lets a PostgreSQL backend slot in behind the same methods (the
+//! SQL is written in the subset both engines accept; see `migrations/postgres`).
+//!
+//! Times are UTC. Row times use SQLite's `STRFTIME('%Y-%m-%d %H:%M:%f')` text form, as the
+//! reference schema does, so that documented sqlite3 recipes keep working.
+
+mod audit;
+mod error;
+mod migrate;
+mod settings;
+mod throttle;
+mod time;
+mod users;
+
+pub use audit::{AuditEntry, AuditFilter, AuditPage};
+pub use error::{Result, StoreError};
+pub use migrate::{MigrationReport, MIGRATIONS};
+pub use throttle::ThrottleScope;
+pub use time::{format_db_time, parse_db_time};
+pub use users::{NewUser, UserUpdate, USER_LIST_CAP};
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// SQLite waits this long for another writer (another connection, or the CLI while a server
+/// runs) before giving up with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Key of the JWT signing secret in `app_settings` (auth.md §9.2).
+pub const JWT_SECRET_KEY: &str = "jwt_secret";
+
+/// A handle on the database. Cheap to clone: clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file at `path` with WAL, foreign keys and a busy
+    /// timeout. Does not migrate: call [`Store::migrate`].
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Opens a private in-memory database (`use_memory_db: true`). One connection, since each
+    /// SQLite in-memory connection would otherwise be its own empty database.
+    pub async fn open_in_memory() -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes every pooled connection (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A write transaction holding SQLite's write lock from its first statement.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Store;
+
+    pub async fn migrated_store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open_sqlite(&dir.path().join("atelier.db"))
+            .await
+            .expect("open store");
+        store.migrate().await.expect("migrate");
+        (store, dir)
+    }
+}
