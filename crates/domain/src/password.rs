@@ -72,7 +72,9 @@ fn is_python_digit(c: char) -> bool {
         (0x3038, 0x303A),
     ];
     let code = c as u32;
-    !not_digits.iter().any(|(lo, hi)| (*lo..=*hi).contains(&code))
+    !not_digits
+        .iter()
+        .any(|(lo, hi)| (*lo..=*hi).contains(&code))
 }
 
 /// Returns the bytes bcrypt sees: the UTF-8 encoding cut to 72 bytes, without a split

@@ -69,7 +69,11 @@ impl Store {
             if current >= migration.version {
                 continue;
             }
-            tracing::info!(version = migration.version, name = migration.name, "applying migration");
+            tracing::info!(
+                version = migration.version,
+                name = migration.name,
+                "applying migration"
+            );
             sqlx::raw_sql(migration.sqlite).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO atelier_schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
@@ -145,7 +149,9 @@ mod tests {
             .expect("read")
             .expect("secret");
         assert_eq!(secret.len(), 64);
-        assert!(secret.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(secret
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 
     #[tokio::test]

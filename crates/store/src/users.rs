@@ -64,10 +64,12 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
 }
 
 async fn fetch_user(conn: &mut SqliteConnection, id: &UserId) -> Result<Option<User>> {
-    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"))
-        .bind(id.as_str())
-        .fetch_optional(conn)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(conn)
+    .await?;
     row.as_ref().map(user_from_row).transpose()
 }
 
@@ -105,10 +107,12 @@ impl Store {
 
     /// Exact, case-sensitive lookup of an already-normalised email.
     pub async fn find_user_by_email(&self, email: &str) -> Result<Option<User>> {
-        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
-            .bind(email)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
+        ))
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -132,7 +136,9 @@ impl Store {
     pub async fn insert_user(&self, new: &NewUser) -> Result<User> {
         let mut tx = self.begin_write().await?;
         let id = insert(&mut tx, new).await?;
-        let user = fetch_user(&mut tx, &id).await?.ok_or(StoreError::NotFound)?;
+        let user = fetch_user(&mut tx, &id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         Ok(user)
     }
@@ -145,7 +151,9 @@ impl Store {
             return Err(StoreError::AdminExists);
         }
         let id = insert(&mut tx, new).await?;
-        let user = fetch_user(&mut tx, &id).await?.ok_or(StoreError::NotFound)?;
+        let user = fetch_user(&mut tx, &id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         Ok(user)
     }
@@ -228,26 +236,41 @@ mod tests {
     #[tokio::test]
     async fn duplicate_email_is_a_conflict_and_changes_nothing() {
         let (store, _dir) = migrated_store().await;
-        store.insert_user(&new_user("a@x.com", false)).await.expect("insert");
+        store
+            .insert_user(&new_user("a@x.com", false))
+            .await
+            .expect("insert");
         match store.insert_user(&new_user("a@x.com", true)).await {
             Err(StoreError::Conflict(msg)) => assert!(msg.contains("UNIQUE"), "{msg}"),
             other => panic!("{other:?}"),
         }
         assert_eq!(store.list_users(100).await.expect("list").len(), 2);
         // Case-sensitive uniqueness: a different case is another account.
-        store.insert_user(&new_user("A@x.com", false)).await.expect("insert");
+        store
+            .insert_user(&new_user("A@x.com", false))
+            .await
+            .expect("insert");
     }
 
     #[tokio::test]
     async fn last_admin_cannot_be_removed_but_others_can() {
         let (store, _dir) = migrated_store().await;
-        let a = store.insert_user(&new_user("a@x.com", true)).await.expect("a");
-        let b = store.insert_user(&new_user("b@x.com", true)).await.expect("b");
+        let a = store
+            .insert_user(&new_user("a@x.com", true))
+            .await
+            .expect("a");
+        let b = store
+            .insert_user(&new_user("b@x.com", true))
+            .await
+            .expect("b");
         let demote = UserUpdate {
             is_admin: Some(false),
             ..UserUpdate::default()
         };
-        store.update_user(&a.user_id, &demote).await.expect("demote a");
+        store
+            .update_user(&a.user_id, &demote)
+            .await
+            .expect("demote a");
         assert!(matches!(
             store.update_user(&b.user_id, &demote).await,
             Err(StoreError::LastAdmin)
@@ -261,7 +284,12 @@ mod tests {
             ..UserUpdate::default()
         };
         assert_eq!(
-            store.update_user(&b.user_id, &rename).await.expect("rename").display_name.as_deref(),
+            store
+                .update_user(&b.user_id, &rename)
+                .await
+                .expect("rename")
+                .display_name
+                .as_deref(),
             Some("B")
         );
     }
@@ -269,7 +297,10 @@ mod tests {
     #[tokio::test]
     async fn password_change_bumps_epoch_and_updated_at() {
         let (store, _dir) = migrated_store().await;
-        let a = store.insert_user(&new_user("a@x.com", false)).await.expect("a");
+        let a = store
+            .insert_user(&new_user("a@x.com", false))
+            .await
+            .expect("a");
         let changed = store
             .update_user(
                 &a.user_id,
@@ -291,7 +322,9 @@ mod tests {
         for i in 0..8 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                store.insert_first_admin(&new_user(&format!("a{i}@x.com"), true)).await
+                store
+                    .insert_first_admin(&new_user(&format!("a{i}@x.com"), true))
+                    .await
             }));
         }
         let mut ok = 0;

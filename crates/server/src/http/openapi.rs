@@ -1,0 +1,51 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations, served at
+//! `/openapi.json` with Swagger UI at `/docs` (assets embedded in the binary: nothing is
+//! fetched at build or run time).
+
+use crate::http::{app, audit, auth};
+use crate::state::AppState;
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Atelier", description = "A multi-user image-generation server speaking InvokeAI's API."),
+    paths(
+        auth::status, auth::setup, auth::login, auth::logout, auth::media_cookie,
+        auth::get_me, auth::patch_me, auth::generate,
+        auth::list_users, auth::create_user, auth::get_user, auth::update_user, auth::delete_user,
+        audit::list,
+        app::version, app::app_deps, app::patchmatch_status, app::generation_device_options,
+        app::runtime_config, app::external_providers_status, app::external_providers_config,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Setup, login and the signed-in user"),
+        (name = "users", description = "User administration (admins only)"),
+        (name = "app", description = "Server information"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::from(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}
