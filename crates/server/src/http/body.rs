@@ -155,8 +155,8 @@ fn json_invalid(bytes: &[u8], err: &serde_json::Error) -> ApiError {
         Some(start) if message.contains("while parsing a string") => start,
         _ => line_start + column,
     };
-    let trailing_comma_in_object = message.starts_with("trailing comma")
-        && text.chars().nth(offset) == Some('}');
+    let trailing_comma_in_object =
+        message.starts_with("trailing comma") && text.chars().nth(offset) == Some('}');
     let reason = if message.starts_with("key must be a string") || trailing_comma_in_object {
         "Expecting property name enclosed in double quotes"
     } else if message.starts_with("expected `:`") {

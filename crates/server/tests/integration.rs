@@ -1,0 +1,15 @@
+//! Atelier's integration suite: one test binary (see STYLE.md §10). Every test starts a real
+//! server on 127.0.0.1:0 over a temporary root with a real SQLite file.
+
+mod common;
+
+mod app_info;
+mod auth_flow;
+mod body_validation;
+mod cli;
+mod config_precedence;
+mod cors_refresh;
+mod guards;
+mod single_user;
+mod throttle_audit;
+mod users_admin;
