@@ -897,7 +897,9 @@ fn migrate(doc: &mut Map<String, Value>) -> bool {
 /// Validates a (migrated) document: the schema version, then every key.
 fn validate_document(doc: &Map<String, Value>) -> Result<FileValues, String> {
     match doc.get("schema_version") {
-        None => return Err("missing required key 'schema_version'".into()),
+        // Optional for Atelier (spec README, decision 3): a file without it is read as the
+        // current schema. The reference refuses such a file with a bare KeyError.
+        None => {}
         Some(Value::String(v)) if v == CONFIG_SCHEMA_VERSION => {}
         Some(other) => {
             return Err(format!(
@@ -1856,10 +1858,15 @@ mod tests {
     }
 
     #[test]
-    fn schema_version_is_required_and_checked() {
+    fn schema_version_is_optional_but_checked() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "host: 0.0.0.0\n");
-        assert!(load_err(dir.path(), &[]).ends_with("missing required key 'schema_version'"));
+        let opts = LoadOptions {
+            root: Some(dir.path().to_path_buf()),
+            ..LoadOptions::default()
+        };
+        let (config, _) = Config::load(&opts, &[]).unwrap();
+        assert_eq!(config.host(), "0.0.0.0");
         write(dir.path(), "schema_version: 5.0.0\n");
         assert!(
             load_err(dir.path(), &[]).ends_with("Invalid schema version, expected 4.0.3: '5.0.0'")

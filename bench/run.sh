@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the release binary and runs the foundation benchmark (start-up, memory, auth req/s).
+# Needs wrk (Debian: apt-get install wrk) and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+  else
+    echo "wrk is needed: apt-get install wrk" >&2
+    exit 1
+  fi
+fi
+cargo build --release --bin atelier
+echo "== Atelier foundation benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) =="
+python3 bench/auth_bench.py

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test of the project: unit tests of each crate and the integration suite (a real
+# server on 127.0.0.1 over temporary roots and real SQLite files, plus the CLI as real
+# processes). Installs what the tests need when run as root on Debian (CI does).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+cargo test --workspace --locked
