@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod logging;
 pub mod passwords;
 pub mod service;
 pub mod state;
@@ -69,11 +70,14 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         .get_setting(JWT_SECRET_KEY)
         .await?
         .ok_or(StartError::MissingSecret)?;
+    let log = logging::LogControl::detached(logging::level_number(config.log_level()));
     Ok(AppState {
+        runtime: Arc::new(tokio::sync::Mutex::new(config.clone())),
         config: Arc::new(config),
         store,
         signer: Arc::new(TokenSigner::new(&secret)),
         hasher: Hasher::default(),
+        log,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `AppState`: what every handler and service reaches the rest of the server through.
 
 use crate::config::Config;
+use crate::logging::LogControl;
 use crate::passwords::Hasher;
 use crate::token::TokenSigner;
 use atelier_store::Store;
@@ -12,6 +13,10 @@ pub struct AppState {
     pub store: Store,
     pub signer: Arc<TokenSigner>,
     pub hasher: Hasher,
+    /// The settings that may change at run time (`PATCH /app/runtime_config`); `config` is the
+    /// start-up snapshot, which is what everything else reads.
+    pub runtime: Arc<tokio::sync::Mutex<Config>>,
+    pub log: LogControl,
 }
 
 impl AppState {

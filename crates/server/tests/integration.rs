@@ -1,9 +1,13 @@
 //! Atelier's integration suite: one test binary (see STYLE.md §10). Every test starts a real
 //! server on 127.0.0.1:0 over a temporary root with a real SQLite file.
 
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 mod common;
 
 mod app_info;
+mod app_settings;
 mod auth_flow;
 mod body_validation;
 mod cli;

@@ -142,19 +142,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Installs the log subscriber. `RUST_LOG` wins when set.
-pub fn init_logging(level: &str) {
-    let level = match level {
-        "critical" => "error",
-        "warning" => "warn",
-        other => other,
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Installs the log subscriber for the admin commands. `RUST_LOG` wins when set.
+pub fn init_logging(level: &str) -> crate::logging::LogControl {
+    crate::logging::init(level)
 }
 
 async fn migrate(root: RootArgs) -> ExitCode {
@@ -198,7 +188,7 @@ async fn serve(root: RootArgs, listen: ListenArgs) -> ExitCode {
         }
     };
     let (config, warnings) = config;
-    init_logging(config.log_level());
+    let log = init_logging(config.log_level());
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -206,7 +196,7 @@ async fn serve(root: RootArgs, listen: ListenArgs) -> ExitCode {
     let multiuser = config.multiuser();
     let root = config.root().display().to_string();
     let state = match crate::build_state(config).await {
-        Ok(state) => state,
+        Ok(state) => crate::state::AppState { log, ..state },
         Err(err) => {
             tracing::error!("{err}");
             return ExitCode::FAILURE;

@@ -20,7 +20,6 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/app/generation_device_options",
             get(generation_device_options),
         )
-        .route("/api/v1/app/runtime_config", get(runtime_config))
         .route(
             "/api/v1/app/external_providers/status",
             get(external_providers_status),
@@ -98,13 +97,6 @@ pub async fn generation_device_options(_user: CurrentUser) -> Json<Vec<DeviceOpt
     }])
 }
 
-/// The effective configuration with secrets masked. Admins only.
-#[utoipa::path(get, path = "/api/v1/app/runtime_config", tag = "app",
-    responses((status = 200, body = Object), (status = 401), (status = 403)))]
-pub async fn runtime_config(State(state): State<AppState>, _admin: AdminUser) -> Json<Value> {
-    Json(state.config.runtime_config_json())
-}
-
 const PROVIDERS: [&str; 4] = ["alibabacloud", "gemini", "openai", "seedream"];
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -135,7 +127,7 @@ pub async fn external_providers_config(
     State(state): State<AppState>,
     _admin: AdminUser,
 ) -> Result<Json<Vec<ExternalProviderConfig>>, ApiError> {
-    let config = state.config.runtime_config_json();
+    let config = state.runtime.lock().await.runtime_config_json();
     let values = config.get("config").cloned().unwrap_or_default();
     let text = |key: String| values.get(&key).and_then(Value::as_str).map(str::to_owned);
     Ok(Json(

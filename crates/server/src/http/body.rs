@@ -268,6 +268,34 @@ pub struct Fields<'a> {
 }
 
 impl Fields<'_> {
+    /// The raw value of `field`, if present (for types without a helper below).
+    pub fn raw(&self, field: &str) -> Option<&Value> {
+        self.map.get(field)
+    }
+
+    /// The whole body.
+    pub fn whole(&self) -> &Value {
+        self.whole
+    }
+
+    /// Records an issue at an explicit location (e.g. `["body"]` for model-level checks).
+    pub fn push_issue(
+        &mut self,
+        kind: &'static str,
+        loc: Vec<Value>,
+        msg: &str,
+        input: Value,
+        ctx: Option<Value>,
+    ) {
+        self.issues.push(ValidationIssue {
+            kind,
+            loc,
+            msg: msg.to_owned(),
+            input,
+            ctx,
+        });
+    }
+
     fn issue(
         &mut self,
         kind: &'static str,

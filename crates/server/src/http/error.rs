@@ -44,6 +44,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("request validation failed")]
     Validation(Vec<ValidationIssue>),
+    /// A 422 whose detail is a plain string (the reference raises some after validation).
+    #[error("{0}")]
+    Validation422Detail(String),
     /// 429 with `Retry-After` in whole seconds.
     #[error("Too many failed login attempts. Try again later.")]
     TooManyRequests { retry_after_s: u64 },
@@ -93,7 +96,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation(_) | Self::Validation422Detail(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -110,7 +113,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
-            Self::Validation(_) => "validation_failed",
+            Self::Validation(_) | Self::Validation422Detail(_) => "validation_failed",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::Internal(_) => "internal",
         }

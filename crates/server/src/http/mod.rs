@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod refresh;
+pub mod settings;
 
 use crate::state::AppState;
 use axum::extract::{Request, State};
@@ -31,6 +32,7 @@ pub fn app(state: AppState) -> Router {
         .merge(auth::routes())
         .merge(audit::routes())
         .merge(app::routes())
+        .merge(settings::routes())
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

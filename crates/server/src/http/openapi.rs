@@ -2,7 +2,7 @@
 //! `/openapi.json` with Swagger UI at `/docs` (assets embedded in the binary: nothing is
 //! fetched at build or run time).
 
-use crate::http::{app, audit, auth};
+use crate::http::{app, audit, auth, settings};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -18,7 +18,8 @@ use utoipa_swagger_ui::SwaggerUi;
         auth::list_users, auth::create_user, auth::get_user, auth::update_user, auth::delete_user,
         audit::list,
         app::version, app::app_deps, app::patchmatch_status, app::generation_device_options,
-        app::runtime_config, app::external_providers_status, app::external_providers_config,
+        settings::get_runtime_config, settings::patch_runtime_config, settings::get_logging, settings::set_logging,
+        app::external_providers_status, app::external_providers_config,
     ),
     modifiers(&BearerAuth),
     tags(
