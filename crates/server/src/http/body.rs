@@ -103,7 +103,7 @@ pub fn parse_json(bytes: &Bytes) -> Result<Value, ApiError> {
     if nesting_depth(text.as_bytes()) > MAX_JSON_DEPTH {
         return Err(unparseable());
     }
-    serde_json::from_str(text).map_err(|err| json_invalid(text.as_bytes(), &err))
+    serde_json::from_str(text).map_err(|err| json_invalid(text, &err))
 }
 
 /// The deepest nesting of arrays and objects, ignoring brackets inside strings.
@@ -134,49 +134,11 @@ fn nesting_depth(bytes: &[u8]) -> usize {
 
 /// A 422 `json_invalid` issue whose location is the character offset of the error, as
 /// Python's `json` module reports it, and whose `ctx.error` names the problem in its words.
-fn json_invalid(bytes: &[u8], err: &serde_json::Error) -> ApiError {
-    let text = String::from_utf8_lossy(bytes);
-    let eof = err.classify() == serde_json::error::Category::Eof;
-    // serde_json's column is 1-based on the offending character, or on the last character
-    // read when input ended early; Python's offset is 0-based on the offending character.
-    let line_start: usize = text
-        .split_inclusive('\n')
-        .take(err.line().saturating_sub(1))
-        .map(|l| l.chars().count())
-        .sum();
-    let column = if eof {
-        err.column()
-    } else {
-        err.column().saturating_sub(1)
-    };
-    let message = err.to_string();
-    // Python points an unterminated string's error at the string's opening quote.
-    let offset = match unterminated_string_start(&text) {
-        Some(start) if message.contains("while parsing a string") => start,
-        _ => line_start + column,
-    };
-    let trailing_comma_in_object =
-        message.starts_with("trailing comma") && text.chars().nth(offset) == Some('}');
-    let reason = if message.starts_with("key must be a string") || trailing_comma_in_object {
-        "Expecting property name enclosed in double quotes"
-    } else if message.starts_with("expected `:`") {
-        "Expecting ':' delimiter"
-    } else if message.starts_with("expected `,` or")
-        || message.contains("while parsing a list")
-        || message.contains("while parsing an object")
-    {
-        "Expecting ',' delimiter"
-    } else if message.starts_with("trailing characters") {
-        "Extra data"
-    } else if message.contains("while parsing a string") {
-        "Unterminated string starting at"
-    } else if message.starts_with("control character") {
-        "Invalid control character at"
-    } else if message.starts_with("invalid escape") || message.starts_with("invalid unicode") {
-        "Invalid \\escape"
-    } else {
-        "Expecting value"
-    };
+fn json_invalid(text: &str, err: &serde_json::Error) -> ApiError {
+    // Python accepts a few things serde_json refuses (NaN, 1e400, lone surrogates); those
+    // are reported where serde_json stopped.
+    let (offset, reason) =
+        python_json_error(text).unwrap_or_else(|| (serde_offset(text, err), "Expecting value"));
     ApiError::Validation(vec![ValidationIssue {
         kind: "json_invalid",
         loc: vec![json!("body"), json!(offset)],
@@ -186,19 +148,200 @@ fn json_invalid(bytes: &[u8], err: &serde_json::Error) -> ApiError {
     }])
 }
 
-/// Character offset of the opening quote of a string that never closes, if any.
-fn unterminated_string_start(text: &str) -> Option<usize> {
-    let (mut start, mut escaped) = (None, false);
-    for (i, c) in text.chars().enumerate() {
-        match (start, escaped, c) {
-            (Some(_), true, _) => escaped = false,
-            (Some(_), false, '\\') => escaped = true,
-            (Some(_), false, '"') => start = None,
-            (None, _, '"') => start = Some(i),
-            _ => {}
+/// The character offset of a serde_json error (its column counts bytes).
+fn serde_offset(text: &str, err: &serde_json::Error) -> usize {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(err.line().saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let mut byte = (line_start + err.column().saturating_sub(1)).min(text.len());
+    while !text.is_char_boundary(byte) {
+        byte -= 1;
+    }
+    text[..byte].chars().count()
+}
+
+/// Where and why Python's `json.loads` (CPython's C scanner, 3.11) rejects `text`: the
+/// character offset and message of its `JSONDecodeError`, or `None` if Python accepts it.
+fn python_json_error(text: &str) -> Option<(usize, &'static str)> {
+    let chars: Vec<char> = text.chars().collect();
+    let scan = PyScan { s: &chars };
+    match scan.value(scan.ws(0)) {
+        Err(err) => Some(err),
+        Ok(end) => {
+            let end = scan.ws(end);
+            (end != chars.len()).then_some((end, "Extra data"))
         }
     }
-    start
+}
+
+/// A position after a parsed value, or Python's error offset and message.
+type Scanned = Result<usize, (usize, &'static str)>;
+
+/// A transcription of CPython's `_json.c` scanner, kept only for its error reporting.
+/// Nesting is bounded by [`MAX_JSON_DEPTH`] before this runs, so recursion is shallow.
+struct PyScan<'a> {
+    s: &'a [char],
+}
+
+impl PyScan<'_> {
+    fn at(&self, i: usize) -> Option<char> {
+        self.s.get(i).copied()
+    }
+
+    fn ws(&self, mut i: usize) -> usize {
+        while matches!(self.at(i), Some(' ' | '\t' | '\n' | '\r')) {
+            i += 1;
+        }
+        i
+    }
+
+    fn starts_with(&self, i: usize, word: &str) -> bool {
+        word.chars()
+            .enumerate()
+            .all(|(k, c)| self.at(i + k) == Some(c))
+    }
+
+    fn value(&self, i: usize) -> Scanned {
+        const EXPECTING_VALUE: &str = "Expecting value";
+        match self.at(i) {
+            None => Err((i, EXPECTING_VALUE)),
+            Some('"') => self.string(i + 1),
+            Some('{') => self.object(i + 1),
+            Some('[') => self.array(i + 1),
+            Some('n') if self.starts_with(i, "null") => Ok(i + 4),
+            Some('t') if self.starts_with(i, "true") => Ok(i + 4),
+            Some('f') if self.starts_with(i, "false") => Ok(i + 5),
+            Some('N') if self.starts_with(i, "NaN") => Ok(i + 3),
+            Some('I') if self.starts_with(i, "Infinity") => Ok(i + 8),
+            Some('-') if self.starts_with(i, "-Infinity") => Ok(i + 9),
+            _ => self.number(i).ok_or((i, EXPECTING_VALUE)),
+        }
+    }
+
+    fn number(&self, start: usize) -> Option<usize> {
+        let digit = |i: usize| self.at(i).is_some_and(|c| c.is_ascii_digit());
+        let mut i = start;
+        if self.at(i) == Some('-') {
+            i += 1;
+        }
+        match self.at(i) {
+            Some('1'..='9') => {
+                i += 1;
+                while digit(i) {
+                    i += 1;
+                }
+            }
+            Some('0') => i += 1,
+            _ => return None,
+        }
+        if self.at(i) == Some('.') && digit(i + 1) {
+            i += 2;
+            while digit(i) {
+                i += 1;
+            }
+        }
+        if matches!(self.at(i), Some('e' | 'E')) {
+            let mut j = i + 1;
+            if matches!(self.at(j), Some('+' | '-')) {
+                j += 1;
+            }
+            let digits = j;
+            while digit(j) {
+                j += 1;
+            }
+            if j > digits {
+                i = j;
+            }
+        }
+        Some(i)
+    }
+
+    /// A string whose opening quote is at `start - 1`.
+    fn string(&self, start: usize) -> Scanned {
+        const BAD_U: &str = "Invalid \\uXXXX escape";
+        let unterminated = (start - 1, "Unterminated string starting at");
+        let hex4 = |from: usize| {
+            (from..from + 4).try_fold(0u32, |acc, k| Some(acc * 16 + self.at(k)?.to_digit(16)?))
+        };
+        let mut i = start;
+        loop {
+            let c = loop {
+                match self.at(i) {
+                    None => return Err(unterminated),
+                    Some(c @ ('"' | '\\')) => break c,
+                    Some(c) if u32::from(c) <= 0x1f => {
+                        return Err((i, "Invalid control character at"))
+                    }
+                    Some(_) => i += 1,
+                }
+            };
+            i += 1;
+            if c == '"' {
+                return Ok(i);
+            }
+            match self.at(i) {
+                None => return Err(unterminated),
+                Some('"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't') => i += 1,
+                Some('u') => {
+                    if i + 5 >= self.s.len() {
+                        return Err((i, BAD_U));
+                    }
+                    let high = hex4(i + 1).ok_or((i, BAD_U))?;
+                    i += 5;
+                    let pair = self.at(i) == Some('\\') && self.at(i + 1) == Some('u');
+                    if (0xD800..0xDC00).contains(&high) && i + 6 < self.s.len() && pair {
+                        match hex4(i + 2) {
+                            None => return Err((i + 1, BAD_U)),
+                            Some(low) if (0xDC00..0xE000).contains(&low) => i += 6,
+                            Some(_) => {}
+                        }
+                    }
+                }
+                Some(_) => return Err((i - 1, "Invalid \\escape")),
+            }
+        }
+    }
+
+    /// An object whose `{` is at `start - 1`.
+    fn object(&self, start: usize) -> Scanned {
+        let mut i = self.ws(start);
+        if self.at(i) == Some('}') {
+            return Ok(i + 1);
+        }
+        loop {
+            if self.at(i) != Some('"') {
+                return Err((i, "Expecting property name enclosed in double quotes"));
+            }
+            i = self.ws(self.string(i + 1)?);
+            if self.at(i) != Some(':') {
+                return Err((i, "Expecting ':' delimiter"));
+            }
+            i = self.ws(self.value(self.ws(i + 1))?);
+            match self.at(i) {
+                Some('}') => return Ok(i + 1),
+                Some(',') => i = self.ws(i + 1),
+                _ => return Err((i, "Expecting ',' delimiter")),
+            }
+        }
+    }
+
+    /// An array whose `[` is at `start - 1`.
+    fn array(&self, start: usize) -> Scanned {
+        let mut i = self.ws(start);
+        if self.at(i) == Some(']') {
+            return Ok(i + 1);
+        }
+        loop {
+            i = self.ws(self.value(i)?);
+            match self.at(i) {
+                Some(']') => return Ok(i + 1),
+                Some(',') => i = self.ws(i + 1),
+                _ => return Err((i, "Expecting ',' delimiter")),
+            }
+        }
+    }
 }
 
 /// A request body type: builds itself from the parsed JSON, reporting every bad field.

@@ -105,11 +105,17 @@ fn preflight_response(
     if !origin_ok {
         failures.push("origin");
     }
-    if !all_methods
-        && !methods
+    // `"*"` stands for the seven standard methods (like Starlette), not for any method.
+    let method_ok = if all_methods {
+        ALL_METHODS
+            .split(", ")
+            .any(|m| m.eq_ignore_ascii_case(requested_method))
+    } else {
+        methods
             .iter()
             .any(|m| m.eq_ignore_ascii_case(requested_method))
-    {
+    };
+    if !method_ok {
         failures.push("method");
     }
     if !all_headers {
