@@ -3,6 +3,7 @@
 //! socket or a database, so every rule is unit-testable on its own.
 
 pub mod audit;
+pub mod content;
 pub mod email;
 pub mod error;
 pub mod ids;

@@ -9,6 +9,7 @@ mod common;
 mod app_info;
 mod app_settings;
 mod auth_flow;
+mod boards;
 mod body_validation;
 mod cli;
 mod config_precedence;

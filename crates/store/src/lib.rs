@@ -12,7 +12,9 @@
 //! reference schema does, so that documented sqlite3 recipes keep working.
 
 mod audit;
+mod boards;
 mod error;
+mod images;
 mod migrate;
 mod settings;
 mod throttle;
@@ -20,7 +22,9 @@ mod time;
 mod users;
 
 pub use audit::{AuditEntry, AuditFilter, AuditPage};
+pub use boards::{BoardChanges, BoardOrder, BoardQuery, BoardRecord, BoardScope};
 pub use error::{Result, StoreError};
+pub use images::{ImageRecord, NewImage};
 pub use migrate::{MigrationReport, MIGRATIONS};
 pub use throttle::ThrottleScope;
 pub use time::{format_db_time, parse_db_time};

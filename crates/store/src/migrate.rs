@@ -18,12 +18,20 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, in order. Released entries are never edited.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "foundation",
-    sqlite: include_str!("../migrations/sqlite/0001_foundation.sql"),
-    postgres: include_str!("../migrations/postgres/0001_foundation.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "foundation",
+        sqlite: include_str!("../migrations/sqlite/0001_foundation.sql"),
+        postgres: include_str!("../migrations/postgres/0001_foundation.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "boards_images",
+        sqlite: include_str!("../migrations/sqlite/0002_boards_images.sql"),
+        postgres: include_str!("../migrations/postgres/0002_boards_images.sql"),
+    },
+];
 
 /// What [`Store::migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

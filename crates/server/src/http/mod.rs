@@ -7,12 +7,14 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod boards;
 pub mod body;
 pub mod client;
 pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod query;
 pub mod refresh;
 pub mod settings;
 
@@ -33,6 +35,7 @@ pub fn app(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(app::routes())
         .merge(settings::routes())
+        .merge(boards::routes())
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

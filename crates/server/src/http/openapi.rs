@@ -2,7 +2,7 @@
 //! `/openapi.json` with Swagger UI at `/docs` (assets embedded in the binary: nothing is
 //! fetched at build or run time).
 
-use crate::http::{app, audit, auth, settings};
+use crate::http::{app, audit, auth, boards, settings};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -20,12 +20,14 @@ use utoipa_swagger_ui::SwaggerUi;
         app::version, app::app_deps, app::patchmatch_status, app::generation_device_options,
         settings::get_runtime_config, settings::patch_runtime_config, settings::get_logging, settings::set_logging,
         app::external_providers_status, app::external_providers_config,
+        boards::create, boards::list, boards::get_board, boards::update, boards::delete, boards::image_names,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Setup, login and the signed-in user"),
         (name = "users", description = "User administration (admins only)"),
         (name = "app", description = "Server information"),
+        (name = "boards", description = "Boards and their visibility"),
     )
 )]
 pub struct ApiDoc;

@@ -4,6 +4,8 @@
 
 pub mod audit;
 pub mod auth;
+pub mod boards;
+pub mod images;
 pub mod throttle;
 pub mod users;
 
