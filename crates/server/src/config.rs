@@ -283,7 +283,7 @@ static KEYS: &[KeyDef] = &[
     key("legacy_conf_dir", PATH, D::Str("configs"), Unused),
     key("db_dir", PATH, D::Str("databases"), Used),
     key("outputs_dir", PATH, D::Str("outputs"), Used),
-    key("image_subfolder_strategy", Kind::Enum(SUBFOLDER_STRATEGIES), D::Str("flat"), Unused),
+    key("image_subfolder_strategy", Kind::Enum(SUBFOLDER_STRATEGIES), D::Str("flat"), Used),
     key("custom_nodes_dir", PATH, D::Str("nodes"), Unused),
     key("style_presets_dir", PATH, D::Str("style_presets"), Unused),
     key("workflow_thumbnails_dir", PATH, D::Str("workflow_thumbnails"), Unused),
@@ -364,6 +364,8 @@ static KEYS: &[KeyDef] = &[
     key("login_throttle_window_s", int(Some(1), Some(u32::MAX as i64)), D::Int(900), Used),
     // Largest accepted request body for JSON endpoints (uploads have their own limits).
     key("max_request_body_bytes", int(Some(1024), None), D::Int(1_048_576), Used),
+    // Largest accepted image upload, in bytes (the whole multipart body).
+    key("max_upload_bytes", int(Some(1024), None), D::Int(52_428_800), Used),
 ];
 
 /// Provider keys that `api_keys.yaml` may hold (spec §5.8).
@@ -1456,6 +1458,17 @@ impl Config {
     }
 
     /// Atelier extension: the largest accepted request body in bytes (at least 1024).
+    pub fn max_upload_bytes(&self) -> u64 {
+        u64::try_from(self.int_value("max_upload_bytes")).unwrap_or(52_428_800)
+    }
+
+    /// `flat`, `date`, `type` or `hash` (config.md §5.3).
+    pub fn image_subfolder_strategy(&self) -> &str {
+        self.get("image_subfolder_strategy")
+            .and_then(Value::as_str)
+            .unwrap_or("flat")
+    }
+
     pub fn max_request_body_bytes(&self) -> u64 {
         u64::try_from(self.int_value("max_request_body_bytes")).unwrap_or(1_048_576)
     }

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod media;
 pub mod passwords;
 pub mod service;
 pub mod state;
@@ -71,14 +72,24 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         .await?
         .ok_or(StartError::MissingSecret)?;
     let log = logging::LogControl::detached(logging::level_number(config.log_level()));
-    Ok(AppState {
+    let state = AppState {
         runtime: Arc::new(tokio::sync::Mutex::new(config.clone())),
         config: Arc::new(config),
         store,
         signer: Arc::new(TokenSigner::new(&secret)),
         hasher: Hasher::default(),
         log,
-    })
+    };
+    // Start-up recovery: files a crash left without a record.
+    match service::images::sweep_orphan_files(&state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed image files left behind by an interrupted write"
+        ),
+        Err(err) => tracing::warn!(error = %err.detail(), "could not sweep orphan image files"),
+    }
+    Ok(state)
 }
 
 /// Binds `host:port`. When the port is taken, tries the next ones (as the reference does) and

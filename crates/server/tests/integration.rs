@@ -15,6 +15,7 @@ mod cli;
 mod config_precedence;
 mod cors_refresh;
 mod guards;
+mod images;
 mod single_user;
 mod throttle_audit;
 mod users_admin;

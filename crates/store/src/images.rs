@@ -148,3 +148,254 @@ impl Store {
         Ok((done.rows_affected() > 0).then_some(record))
     }
 }
+
+/// Which board an image listing covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoardFilter {
+    /// Any board or none.
+    Any,
+    /// Images on no board.
+    Uncategorized,
+    Board(String),
+}
+
+/// Filters shared by image listings and name lists (boards-images.md §7.2).
+#[derive(Debug, Clone)]
+pub struct ImageQuery {
+    /// Only this owner's images (non-admin scoping); `None` for everyone's.
+    pub owner: Option<UserId>,
+    pub board: BoardFilter,
+    pub origin: Option<ResourceOrigin>,
+    pub categories: Option<Vec<ImageCategory>>,
+    pub is_intermediate: Option<bool>,
+    pub descending: bool,
+    pub starred_first: bool,
+    pub search_term: Option<String>,
+}
+
+/// Changes to an image record; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ImageChanges {
+    pub image_category: Option<ImageCategory>,
+    pub session_id: Option<String>,
+    pub is_intermediate: Option<bool>,
+    pub starred: Option<bool>,
+}
+
+impl ImageQuery {
+    /// The WHERE clause; parameters `$1` owner, `$2` board id, `$3` origin, `$4` intermediate,
+    /// `$5` search pattern are always bound (NULL when unused).
+    fn filter(&self) -> String {
+        let mut sql = String::from(
+            "WHERE ($1 IS NULL OR i.user_id = $1)
+               AND ($3 IS NULL OR i.image_origin = $3)
+               AND ($4 IS NULL OR i.is_intermediate = $4)
+               AND ($5 IS NULL OR i.metadata LIKE $5 OR i.created_at LIKE $5)",
+        );
+        match self.board {
+            BoardFilter::Any => sql.push_str(" AND ($2 IS NULL OR 1 = 1)"),
+            BoardFilter::Uncategorized => sql.push_str(" AND ($2 IS NULL AND bi.board_id IS NULL)"),
+            BoardFilter::Board(_) => sql.push_str(" AND bi.board_id = $2"),
+        }
+        if let Some(categories) = &self.categories {
+            if categories.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                let list = categories
+                    .iter()
+                    .map(|c| format!("'{}'", c.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                sql.push_str(&format!(" AND i.image_category IN ({list})"));
+            }
+        }
+        sql
+    }
+
+    fn order(&self) -> String {
+        let dir = if self.descending { "DESC" } else { "ASC" };
+        if self.starred_first {
+            format!("ORDER BY i.starred DESC, i.created_at {dir}")
+        } else {
+            format!("ORDER BY i.created_at {dir}")
+        }
+    }
+
+    fn bind<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+        let board = match &self.board {
+            BoardFilter::Board(id) => Some(id.as_str()),
+            _ => None,
+        };
+        q.bind(self.owner.as_ref().map(UserId::as_str))
+            .bind(board)
+            .bind(self.origin.map(ResourceOrigin::as_str))
+            .bind(self.is_intermediate)
+            .bind(self.search_term.as_ref().map(|t| format!("%{t}%")))
+    }
+}
+
+impl Store {
+    /// A page of images and the number matching in all.
+    pub async fn list_images(
+        &self,
+        query: &ImageQuery,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<ImageRecord>, i64)> {
+        let filter = query.filter();
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM images i LEFT JOIN board_images bi ON bi.image_name = i.image_name {filter}"
+        );
+        let total: i64 = query
+            .bind(sqlx::query(&count_sql))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let sql = format!(
+            "{IMAGE_SELECT} {filter} {} LIMIT $6 OFFSET $7",
+            query.order()
+        );
+        let rows = query
+            .bind(sqlx::query(&sql))
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let images = rows
+            .iter()
+            .map(image_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((images, total))
+    }
+
+    /// Every matching name in listing order, and how many of them are starred.
+    pub async fn image_names(&self, query: &ImageQuery) -> Result<(Vec<String>, i64)> {
+        let sql = format!(
+            "SELECT i.image_name, i.starred FROM images i
+             LEFT JOIN board_images bi ON bi.image_name = i.image_name {} {}",
+            query.filter(),
+            query.order()
+        );
+        let rows = query.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
+        let mut names = Vec::with_capacity(rows.len());
+        let mut starred = 0;
+        for row in &rows {
+            names.push(row.try_get::<String, _>(0)?);
+            if row.try_get::<bool, _>(1)? {
+                starred += 1;
+            }
+        }
+        Ok((names, starred))
+    }
+
+    /// Records for `names`, in no particular order; unknown names are left out.
+    pub async fn images_by_names(&self, names: &[String]) -> Result<Vec<ImageRecord>> {
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(500) {
+            let placeholders = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("{IMAGE_SELECT} WHERE i.image_name IN ({placeholders})");
+            let mut q = sqlx::query(&sql);
+            for name in chunk {
+                q = q.bind(name);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(image_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies `changes`; [`StoreError::NotFound`] for an unknown image.
+    pub async fn update_image(&self, name: &str, changes: &ImageChanges) -> Result<ImageRecord> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE images SET
+                image_category = COALESCE($2, image_category),
+                session_id = COALESCE($3, session_id),
+                is_intermediate = COALESCE($4, is_intermediate),
+                starred = COALESCE($5, starred)
+             WHERE image_name = $1",
+        )
+        .bind(name)
+        .bind(changes.image_category.map(ImageCategory::as_str))
+        .bind(&changes.session_id)
+        .bind(changes.is_intermediate)
+        .bind(changes.starred)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await?;
+        self.get_image(name).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Puts an image on a board (moving it off any other). Returns its previous board.
+    pub async fn add_image_to_board(&self, name: &str, board_id: &str) -> Result<Option<String>> {
+        let mut tx = self.begin_write().await?;
+        let previous: Option<String> =
+            sqlx::query("SELECT board_id FROM board_images WHERE image_name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        sqlx::query(
+            "INSERT INTO board_images (image_name, board_id) VALUES ($1, $2)
+             ON CONFLICT (image_name) DO UPDATE SET board_id = excluded.board_id,
+                 updated_at = STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')",
+        )
+        .bind(name)
+        .bind(board_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_write)?;
+        tx.commit().await?;
+        Ok(previous)
+    }
+
+    /// Takes an image off its board. Returns the board it was on.
+    pub async fn remove_image_from_board(&self, name: &str) -> Result<Option<String>> {
+        let mut tx = self.begin_write().await?;
+        let previous: Option<String> =
+            sqlx::query("SELECT board_id FROM board_images WHERE image_name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        sqlx::query("DELETE FROM board_images WHERE image_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(previous)
+    }
+
+    /// Every image name (for the start-up sweep of orphan files).
+    pub async fn all_image_names(&self) -> Result<std::collections::HashSet<String>> {
+        let rows = sqlx::query("SELECT image_name FROM images")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .collect()
+    }
+
+    /// Names of intermediate images (of `owner` only, when given).
+    pub async fn intermediate_names(&self, owner: Option<&UserId>) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT image_name FROM images WHERE is_intermediate = TRUE AND ($1 IS NULL OR user_id = $1)")
+            .bind(owner.map(UserId::as_str))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .collect()
+    }
+}

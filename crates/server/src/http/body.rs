@@ -527,6 +527,85 @@ impl Fields<'_> {
         }
     }
 
+    /// A required `list[str]` of at most `max_items` entries of at most `max_len` characters.
+    pub fn required_str_list(
+        &mut self,
+        field: &str,
+        max_items: usize,
+        max_len: usize,
+    ) -> Option<Vec<String>> {
+        let Some(value) = self.map.get(field).cloned() else {
+            self.missing(field);
+            return None;
+        };
+        let Value::Array(items) = &value else {
+            self.issue(
+                "list_type",
+                field,
+                "Input should be a valid list",
+                value.clone(),
+                None,
+            );
+            return None;
+        };
+        if items.len() > max_items {
+            let msg = format!(
+                "List should have at most {max_items} items after validation, not {}",
+                items.len()
+            );
+            let ctx = json!({"field_type": "List", "max_length": max_items, "actual_length": items.len()});
+            self.issue("too_long", field, &msg, value.clone(), Some(ctx));
+            return None;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let loc = vec![json!("body"), json!(field), json!(i)];
+            match item {
+                Value::String(s) if s.chars().count() <= max_len => out.push(s.clone()),
+                Value::String(s) => {
+                    ok = false;
+                    self.push_issue(
+                        "string_too_long",
+                        loc,
+                        &format!("String should have at most {max_len} characters"),
+                        json!(s),
+                        Some(json!({"max_length": max_len})),
+                    );
+                }
+                other => {
+                    ok = false;
+                    self.push_issue(
+                        "string_type",
+                        loc,
+                        "Input should be a valid string",
+                        other.clone(),
+                        None,
+                    );
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A strict `bool | None`: only JSON booleans.
+    pub fn strict_optional_bool(&mut self, field: &str) -> Option<Option<bool>> {
+        match self.map.get(field).cloned() {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::Bool(b)) => Some(Some(b)),
+            Some(other) => {
+                self.issue(
+                    "bool_type",
+                    field,
+                    "Input should be a valid boolean",
+                    other,
+                    None,
+                );
+                None
+            }
+        }
+    }
+
     /// A required email, validated and normalised (auth.md §9.6).
     pub fn required_email(&mut self, field: &str) -> Option<String> {
         let raw = self.required_str(field)?;

@@ -13,6 +13,7 @@ pub mod client;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod images;
 pub mod openapi;
 pub mod query;
 pub mod refresh;
@@ -36,6 +37,9 @@ pub fn app(state: AppState) -> Router {
         .merge(app::routes())
         .merge(settings::routes())
         .merge(boards::routes())
+        .merge(images::routes(
+            usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
+        ))
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

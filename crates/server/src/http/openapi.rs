@@ -2,7 +2,7 @@
 //! `/openapi.json` with Swagger UI at `/docs` (assets embedded in the binary: nothing is
 //! fetched at build or run time).
 
-use crate::http::{app, audit, auth, boards, settings};
+use crate::http::{app, audit, auth, boards, images, settings};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -21,6 +21,11 @@ use utoipa_swagger_ui::SwaggerUi;
         settings::get_runtime_config, settings::patch_runtime_config, settings::get_logging, settings::set_logging,
         app::external_providers_status, app::external_providers_config,
         boards::create, boards::list, boards::get_board, boards::update, boards::delete, boards::image_names,
+        images::upload, images::list, images::names, images::images_by_names, images::get_image, images::update_image,
+        images::delete_image, images::metadata, images::workflow, images::urls, images::full, images::thumbnail,
+        images::delete_batch, images::delete_uncategorized, images::star, images::unstar,
+        images::count_intermediates, images::clear_intermediates,
+        images::add_to_board, images::remove_from_board, images::add_batch_to_board, images::remove_batch_from_board,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -28,6 +33,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "users", description = "User administration (admins only)"),
         (name = "app", description = "Server information"),
         (name = "boards", description = "Boards and their visibility"),
+        (name = "images", description = "Images, their files and metadata"),
     )
 )]
 pub struct ApiDoc;
