@@ -14,6 +14,7 @@ mod body_validation;
 mod cli;
 mod config_precedence;
 mod cors_refresh;
+mod gallery;
 mod guards;
 mod images;
 mod single_user;

@@ -171,6 +171,17 @@ pub struct ImageQuery {
     pub descending: bool,
     pub starred_first: bool,
     pub search_term: Option<String>,
+    /// Only images created on this UTC date (`YYYY-MM-DD`).
+    pub created_date: Option<String>,
+}
+
+/// One day of a user's (or everyone's) non-intermediate images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayGroup {
+    pub date: String,
+    pub image_count: i64,
+    pub asset_count: i64,
+    pub cover_image_name: Option<String>,
 }
 
 /// Changes to an image record; `None` leaves a field as it is.
@@ -190,7 +201,8 @@ impl ImageQuery {
             "WHERE ($1 IS NULL OR i.user_id = $1)
                AND ($3 IS NULL OR i.image_origin = $3)
                AND ($4 IS NULL OR i.is_intermediate = $4)
-               AND ($5 IS NULL OR i.metadata LIKE $5 OR i.created_at LIKE $5)",
+               AND ($5 IS NULL OR i.metadata LIKE $5 OR i.created_at LIKE $5)
+               AND ($6 IS NULL OR SUBSTR(i.created_at, 1, 10) = $6)",
         );
         match self.board {
             BoardFilter::Any => sql.push_str(" AND ($2 IS NULL OR 1 = 1)"),
@@ -213,11 +225,12 @@ impl ImageQuery {
     }
 
     fn order(&self) -> String {
+        // The name breaks ties so pages never overlap (the gallery's order; harmless elsewhere).
         let dir = if self.descending { "DESC" } else { "ASC" };
         if self.starred_first {
-            format!("ORDER BY i.starred DESC, i.created_at {dir}")
+            format!("ORDER BY i.starred DESC, i.created_at {dir}, i.image_name {dir}")
         } else {
-            format!("ORDER BY i.created_at {dir}")
+            format!("ORDER BY i.created_at {dir}, i.image_name {dir}")
         }
     }
 
@@ -234,6 +247,7 @@ impl ImageQuery {
             .bind(self.origin.map(ResourceOrigin::as_str))
             .bind(self.is_intermediate)
             .bind(self.search_term.as_ref().map(|t| format!("%{t}%")))
+            .bind(self.created_date.as_deref())
     }
 }
 
@@ -255,7 +269,7 @@ impl Store {
             .await?
             .try_get(0)?;
         let sql = format!(
-            "{IMAGE_SELECT} {filter} {} LIMIT $6 OFFSET $7",
+            "{IMAGE_SELECT} {filter} {} LIMIT $7 OFFSET $8",
             query.order()
         );
         let rows = query
@@ -376,6 +390,44 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(previous)
+    }
+
+    /// Non-intermediate images grouped by UTC creation date, newest date first (virtual boards).
+    pub async fn images_by_day(&self, owner: Option<&UserId>) -> Result<Vec<DayGroup>> {
+        let assets = ImageCategory::ASSETS
+            .iter()
+            .map(|c| format!("'{}'", c.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT d.day,
+                (SELECT COUNT(*) FROM images i WHERE SUBSTR(i.created_at, 1, 10) = d.day
+                   AND i.is_intermediate = FALSE AND i.image_category = 'general'
+                   AND ($1 IS NULL OR i.user_id = $1)) AS image_count,
+                (SELECT COUNT(*) FROM images i WHERE SUBSTR(i.created_at, 1, 10) = d.day
+                   AND i.is_intermediate = FALSE AND i.image_category IN ({assets})
+                   AND ($1 IS NULL OR i.user_id = $1)) AS asset_count,
+                (SELECT i.image_name FROM images i WHERE SUBSTR(i.created_at, 1, 10) = d.day
+                   AND i.is_intermediate = FALSE AND ($1 IS NULL OR i.user_id = $1)
+                   ORDER BY i.created_at DESC, i.image_name DESC LIMIT 1) AS cover
+             FROM (SELECT DISTINCT SUBSTR(created_at, 1, 10) AS day FROM images
+                   WHERE is_intermediate = FALSE AND ($1 IS NULL OR user_id = $1)) d
+             ORDER BY d.day DESC"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner.map(UserId::as_str))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DayGroup {
+                    date: r.try_get("day")?,
+                    image_count: r.try_get("image_count")?,
+                    asset_count: r.try_get("asset_count")?,
+                    cover_image_name: r.try_get("cover")?,
+                })
+            })
+            .collect()
     }
 
     /// Every image name (for the start-up sweep of orphan files).

@@ -24,7 +24,7 @@ mod users;
 pub use audit::{AuditEntry, AuditFilter, AuditPage};
 pub use boards::{BoardChanges, BoardOrder, BoardQuery, BoardRecord, BoardScope};
 pub use error::{Result, StoreError};
-pub use images::{BoardFilter, ImageChanges, ImageQuery, ImageRecord, NewImage};
+pub use images::{BoardFilter, DayGroup, ImageChanges, ImageQuery, ImageRecord, NewImage};
 pub use migrate::{MigrationReport, MIGRATIONS};
 pub use throttle::ThrottleScope;
 pub use time::{format_db_time, parse_db_time};

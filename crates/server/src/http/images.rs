@@ -372,17 +372,18 @@ pub async fn create_blank(_user: CurrentUser) -> Response {
 
 /// The §7.2 filters as requested.
 pub struct ImageFilters {
-    origin: Option<ResourceOrigin>,
-    categories: Option<Vec<ImageCategory>>,
-    is_intermediate: Option<bool>,
-    board_id: Option<String>,
-    descending: bool,
-    starred_first: bool,
-    search_term: Option<String>,
+    pub(crate) origin: Option<ResourceOrigin>,
+    pub(crate) categories: Option<Vec<ImageCategory>>,
+    pub(crate) is_intermediate: Option<bool>,
+    pub(crate) board_id: Option<String>,
+    pub(crate) descending: bool,
+    pub(crate) starred_first: bool,
+    pub(crate) search_term: Option<String>,
+    pub(crate) created_date: Option<String>,
 }
 
 /// Reads the §7.2 filters (`origin_key` names the origin parameter).
-fn image_filters(q: &mut QueryFields<'_>, origin_key: &str) -> Option<ImageFilters> {
+pub(crate) fn image_filters(q: &mut QueryFields<'_>, origin_key: &str) -> Option<ImageFilters> {
     let origin = q.optional_enum(origin_key, &["internal", "external"]);
     let categories = q.optional_enum_list("categories", &CATEGORY_NAMES);
     let is_intermediate = q.optional_bool("is_intermediate");
@@ -402,11 +403,12 @@ fn image_filters(q: &mut QueryFields<'_>, origin_key: &str) -> Option<ImageFilte
         descending: order_dir?.as_deref() != Some("ASC"),
         starred_first: starred_first?,
         search_term: search_term?,
+        created_date: None,
     })
 }
 
 /// Builds the row scope: non-admins see their own images unless a (readable) board is named.
-async fn image_query(
+pub(crate) async fn image_query(
     state: &AppState,
     user: &CurrentUser,
     f: ImageFilters,
@@ -432,6 +434,7 @@ async fn image_query(
         descending: f.descending,
         starred_first: f.starred_first,
         search_term: f.search_term,
+        created_date: f.created_date,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod client;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod gallery;
 pub mod images;
 pub mod openapi;
 pub mod query;
@@ -37,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         .merge(app::routes())
         .merge(settings::routes())
         .merge(boards::routes())
+        .merge(gallery::routes())
         .merge(images::routes(
             usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
         ))

@@ -2,7 +2,7 @@
 //! `/openapi.json` with Swagger UI at `/docs` (assets embedded in the binary: nothing is
 //! fetched at build or run time).
 
-use crate::http::{app, audit, auth, boards, images, settings};
+use crate::http::{app, audit, auth, boards, gallery, images, settings};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -26,6 +26,8 @@ use utoipa_swagger_ui::SwaggerUi;
         images::delete_batch, images::delete_uncategorized, images::star, images::unstar,
         images::count_intermediates, images::clear_intermediates,
         images::add_to_board, images::remove_from_board, images::add_batch_to_board, images::remove_batch_from_board,
+        gallery::items, gallery::item_names, gallery::item_names_deprecated, gallery::by_date,
+        gallery::date_image_names, gallery::date_item_names,
     ),
     modifiers(&BearerAuth),
     tags(
