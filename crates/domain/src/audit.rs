@@ -21,10 +21,11 @@ pub enum AuditAction {
     UserDeactivated,
     PasswordReset,
     PasswordChanged,
+    ContentReassigned,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 13] = [
+    pub const ALL: [AuditAction; 14] = [
         Self::LoginSucceeded,
         Self::LoginFailed,
         Self::LoginThrottled,
@@ -38,6 +39,7 @@ impl AuditAction {
         Self::UserDeactivated,
         Self::PasswordReset,
         Self::PasswordChanged,
+        Self::ContentReassigned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +57,7 @@ impl AuditAction {
             Self::UserDeactivated => "user_deactivated",
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
+            Self::ContentReassigned => "content_reassigned",
         }
     }
 

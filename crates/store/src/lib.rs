@@ -13,6 +13,7 @@
 
 mod audit;
 mod boards;
+mod content;
 mod error;
 mod images;
 mod migrate;
@@ -23,6 +24,7 @@ mod users;
 
 pub use audit::{AuditEntry, AuditFilter, AuditPage};
 pub use boards::{BoardChanges, BoardOrder, BoardQuery, BoardRecord, BoardScope};
+pub use content::ReassignCounts;
 pub use error::{Result, StoreError};
 pub use images::{BoardFilter, DayGroup, ImageChanges, ImageQuery, ImageRecord, NewImage};
 pub use migrate::{MigrationReport, MIGRATIONS};

@@ -3,6 +3,7 @@
 //! failure (including a cancelled prompt), 2 argument errors (clap's own).
 
 mod audit;
+mod content;
 mod prompt;
 mod user;
 
@@ -55,6 +56,9 @@ enum Command {
     User(user::UserCommand),
     /// Show the audit log.
     Audit(audit::AuditArgs),
+    /// Manage content ownership.
+    #[command(subcommand)]
+    Content(content::ContentCommand),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Validate the configuration and exit.
@@ -117,6 +121,10 @@ pub fn main() -> ExitCode {
         Some(Command::Audit(args)) => {
             init_logging("warning");
             runtime.block_on(audit::run(args, root))
+        }
+        Some(Command::Content(cmd)) => {
+            init_logging("warning");
+            runtime.block_on(content::run(cmd, root))
         }
         Some(Command::Migrate) => {
             init_logging("info");

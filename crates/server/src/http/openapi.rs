@@ -2,7 +2,7 @@
 //! `/openapi.json` with Swagger UI at `/docs` (assets embedded in the binary: nothing is
 //! fetched at build or run time).
 
-use crate::http::{app, audit, auth, boards, gallery, images, settings};
+use crate::http::{app, audit, auth, boards, content, gallery, images, settings};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -28,6 +28,7 @@ use utoipa_swagger_ui::SwaggerUi;
         images::add_to_board, images::remove_from_board, images::add_batch_to_board, images::remove_batch_from_board,
         gallery::items, gallery::item_names, gallery::item_names_deprecated, gallery::by_date,
         gallery::date_image_names, gallery::date_item_names,
+        content::reassign,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -36,6 +37,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "app", description = "Server information"),
         (name = "boards", description = "Boards and their visibility"),
         (name = "images", description = "Images, their files and metadata"),
+        (name = "content", description = "Moving content between owners (admins)"),
     )
 )]
 pub struct ApiDoc;

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod boards;
+pub mod content;
 pub mod images;
 pub mod throttle;
 pub mod users;
