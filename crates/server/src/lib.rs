@@ -10,6 +10,7 @@ pub mod passwords;
 pub mod service;
 pub mod state;
 pub mod token;
+pub mod zip;
 
 use crate::config::Config;
 use crate::passwords::Hasher;
@@ -79,7 +80,9 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         signer: Arc::new(TokenSigner::new(&secret)),
         hasher: Hasher::default(),
         log,
+        downloads: Default::default(),
     };
+    service::downloads::clear_stale(&state).await;
     // Start-up recovery: files a crash left without a record.
     match service::images::sweep_orphan_files(&state).await {
         Ok(0) => {}

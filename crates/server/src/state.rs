@@ -17,6 +17,8 @@ pub struct AppState {
     /// start-up snapshot, which is what everything else reads.
     pub runtime: Arc<tokio::sync::Mutex<Config>>,
     pub log: LogControl,
+    /// Bulk downloads being built or waiting to be fetched.
+    pub downloads: crate::service::downloads::Registry,
 }
 
 impl AppState {

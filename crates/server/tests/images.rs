@@ -919,3 +919,106 @@ async fn interrupted_writes_leave_a_consistent_state_after_restart() {
         200
     );
 }
+
+/// Entry names of a stored ZIP, read through its central directory.
+fn zip_names(zip: &[u8]) -> Vec<String> {
+    let u16_at = |i: usize| usize::from(u16::from_le_bytes([zip[i], zip[i + 1]]));
+    let u32_at =
+        |i: usize| u32::from_le_bytes([zip[i], zip[i + 1], zip[i + 2], zip[i + 3]]) as usize;
+    let end = zip.len() - 22;
+    assert_eq!(u32_at(end), 0x0605_4b50);
+    let (count, mut at) = (u16_at(end + 10), u32_at(end + 16));
+    let mut names = Vec::new();
+    for _ in 0..count {
+        let len = u16_at(at + 28);
+        names.push(String::from_utf8(zip[at + 46..at + 46 + len].to_vec()).unwrap());
+        at += 46 + len;
+    }
+    names.sort();
+    names
+}
+
+/// Fetches a bulk download, polling until the background build has finished.
+async fn fetch_download(s: &TestServer, token: &str, item: &str) -> (u16, Vec<u8>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, _, bytes) = get_bytes(
+            s,
+            &format!("/api/v1/images/download/{item}"),
+            Some(token),
+            &[],
+        )
+        .await;
+        if status != 404 || std::time::Instant::now() > deadline {
+            return (status, bytes);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn bulk_download_zips_readable_images_once() {
+    let s = TestServer::multiuser().await;
+    let admin = s.setup_admin().await;
+    let (_, alice) = s.user_with_token(&admin, "alice@example.com").await;
+    let (_, bob) = s.user_with_token(&admin, "bob@example.com").await;
+    let board = new_board(&s, &alice, "private").await;
+    let a1 = upload(&s, Some(&alice), Some(&board)).await;
+    let a2 = upload(&s, Some(&alice), None).await;
+
+    s.post("/api/v1/images/download", Some(&alice), &json!({}))
+        .await
+        .assert_detail(400, "No images or board id specified.");
+    s.post(
+        "/api/v1/images/download",
+        Some(&bob),
+        &json!({"board_id": board}),
+    )
+    .await
+    .assert_detail(403, "Not authorized to access this board");
+    s.post(
+        "/api/v1/images/download",
+        Some(&bob),
+        &json!({"image_names": [a2]}),
+    )
+    .await
+    .assert_detail(403, "Not authorized to access this image");
+    s.post(
+        "/api/v1/images/download",
+        Some(&bob),
+        &json!({"board_id": "none"}),
+    )
+    .await
+    .assert_detail(404, "Board not found");
+
+    let r = s
+        .post(
+            "/api/v1/images/download",
+            Some(&alice),
+            &json!({"board_id": board, "image_names": [a2]}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["response"], Value::Null);
+    let item = r.body["bulk_download_item_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(item.starts_with("b_") && item.ends_with(".zip"), "{item}");
+    // Someone else cannot fetch it; its owner can, exactly once.
+    let (status, _) = fetch_download(&s, &bob, &item).await;
+    assert_eq!(status, 403);
+    let (status, zip) = fetch_download(&s, &alice, &item).await;
+    assert_eq!(status, 200);
+    let mut expected = vec![format!("general/{a1}"), format!("general/{a2}")];
+    expected.sort();
+    assert_eq!(zip_names(&zip), expected);
+    let (status, _, _) = get_bytes(
+        &s,
+        &format!("/api/v1/images/download/{item}"),
+        Some(&alice),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404);
+}

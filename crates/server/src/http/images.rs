@@ -39,6 +39,8 @@ pub fn routes(max_upload: usize) -> Router<AppState> {
             "/api/v1/images/intermediates",
             get(count_intermediates).delete(clear_intermediates),
         )
+        .route("/api/v1/images/download", post(download))
+        .route("/api/v1/images/download/{item_name}", get(get_download))
         .route(
             "/api/v1/images/i/{image_name}",
             get(get_image).patch(update_image).delete(delete_image),
@@ -242,6 +244,34 @@ impl FromBody for ImageChangesBody {
             starred: starred?,
         }))
     }
+}
+
+/// `{image_names?, board_id?}` for bulk downloads.
+pub struct DownloadBody {
+    image_names: Option<Vec<String>>,
+    board_id: Option<String>,
+}
+
+impl FromBody for DownloadBody {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        let image_names = match f.raw("image_names") {
+            None | Some(Value::Null) => Some(None),
+            Some(_) => f
+                .required_str_list("image_names", MAX_NAMES, MAX_NAME_LEN)
+                .map(Some),
+        };
+        let board_id = f.optional_str("board_id");
+        Some(Self {
+            image_names: image_names?,
+            board_id: board_id?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImagesDownloaded {
+    pub response: Option<String>,
+    pub bulk_download_item_name: Option<String>,
 }
 
 // ---- handlers ---------------------------------------------------------------------------
@@ -806,4 +836,49 @@ pub async fn remove_batch_from_board(
         .await
         .map_err(|_| ApiError::internal("Failed to remove images from board"))?;
     Ok((StatusCode::CREATED, batch_json(out, "removed_images")))
+}
+
+/// Starts building a zip of the named images and/or a board's images.
+#[utoipa::path(post, path = "/api/v1/images/download", tag = "images",
+    responses((status = 202, body = ImagesDownloaded), (status = 400), (status = 401), (status = 403), (status = 404), (status = 422)))]
+pub async fn download(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Body(body): Body<DownloadBody>,
+) -> Result<(StatusCode, Json<ImagesDownloaded>), ApiError> {
+    let name =
+        crate::service::downloads::start(&state, &user.identity, body.image_names, body.board_id)
+            .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ImagesDownloaded {
+            response: None,
+            bulk_download_item_name: Some(name),
+        }),
+    ))
+}
+
+/// The finished zip, once (the initiator or an admin).
+#[utoipa::path(get, path = "/api/v1/images/download/{item_name}", tag = "images", params(("item_name" = String, Path)),
+    responses((status = 200, content_type = "application/zip"), (status = 401), (status = 403), (status = 404)))]
+pub async fn get_download(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(item_name): Path<String>,
+) -> Result<Response, ApiError> {
+    let bytes = crate::service::downloads::take(&state, &user.identity, &item_name).await?;
+    let mut response = (StatusCode::OK, bytes).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{item_name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
 }

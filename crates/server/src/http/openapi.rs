@@ -24,7 +24,7 @@ use utoipa_swagger_ui::SwaggerUi;
         images::upload, images::list, images::names, images::images_by_names, images::get_image, images::update_image,
         images::delete_image, images::metadata, images::workflow, images::urls, images::full, images::thumbnail,
         images::delete_batch, images::delete_uncategorized, images::star, images::unstar,
-        images::count_intermediates, images::clear_intermediates,
+        images::count_intermediates, images::clear_intermediates, images::download, images::get_download,
         images::add_to_board, images::remove_from_board, images::add_batch_to_board, images::remove_batch_from_board,
         gallery::items, gallery::item_names, gallery::item_names_deprecated, gallery::by_date,
         gallery::date_image_names, gallery::date_item_names,

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod boards;
 pub mod content;
+pub mod downloads;
 pub mod images;
 pub mod throttle;
 pub mod users;
