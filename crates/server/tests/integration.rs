@@ -17,6 +17,7 @@ mod cors_refresh;
 mod gallery;
 mod guards;
 mod images;
+mod isolation;
 mod ownership;
 mod single_user;
 mod throttle_audit;
