@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the release binary and runs the foundation benchmark (start-up, memory, auth req/s).
+# Builds the release binary and runs the benchmarks: `bench/run.sh [auth|content|all]`.
 # Needs wrk (Debian: apt-get install wrk) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +12,13 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
 fi
 cargo build --release --bin atelier
-echo "== Atelier foundation benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) =="
-python3 bench/auth_bench.py
+case "${1:-all}" in
+  auth|all)
+    echo "== Atelier auth benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) =="
+    python3 bench/auth_bench.py ;;
+esac
+case "${1:-all}" in
+  content|all)
+    echo "== Atelier content benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) =="
+    python3 bench/content_bench.py ;;
+esac

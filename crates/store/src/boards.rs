@@ -75,14 +75,14 @@ fn board_select() -> String {
     format!(
         "SELECT b.board_id, b.board_name, b.user_id, b.created_at, b.updated_at, b.archived,
             b.board_visibility,
-            (SELECT COUNT(*) FROM board_images bi JOIN images i ON i.image_name = bi.image_name
-              WHERE bi.board_id = b.board_id AND i.is_intermediate = FALSE
+            (SELECT COUNT(*) FROM images i
+              WHERE i.board_id = b.board_id AND i.is_intermediate = FALSE
                 AND i.image_category = 'general') AS image_count,
-            (SELECT COUNT(*) FROM board_images bi JOIN images i ON i.image_name = bi.image_name
-              WHERE bi.board_id = b.board_id AND i.is_intermediate = FALSE
+            (SELECT COUNT(*) FROM images i
+              WHERE i.board_id = b.board_id AND i.is_intermediate = FALSE
                 AND i.image_category IN ({assets})) AS asset_count,
-            (SELECT i.image_name FROM board_images bi JOIN images i ON i.image_name = bi.image_name
-              WHERE bi.board_id = b.board_id AND i.is_intermediate = FALSE
+            (SELECT i.image_name FROM images i
+              WHERE i.board_id = b.board_id AND i.is_intermediate = FALSE
               ORDER BY i.starred DESC, i.created_at DESC, i.image_name DESC LIMIT 1) AS cover,
             COALESCE(u.display_name, u.email) AS owner_name
          FROM boards b LEFT JOIN users u ON u.user_id = b.user_id",
@@ -224,8 +224,8 @@ impl Store {
         is_intermediate: Option<bool>,
     ) -> Result<Vec<String>> {
         let mut sql = String::from(
-            "SELECT i.image_name FROM images i LEFT JOIN board_images bi ON bi.image_name = i.image_name
-             WHERE (($1 IS NULL AND bi.board_id IS NULL) OR bi.board_id = $1)
+            "SELECT i.image_name FROM images i
+             WHERE (($1 IS NULL AND i.board_id IS NULL) OR i.board_id = $1)
                AND ($2 IS NULL OR i.user_id = $2)
                AND ($3 IS NULL OR i.is_intermediate = $3)",
         );
@@ -251,14 +251,13 @@ impl Store {
     /// Deletes a board; its images become uncategorized. Returns the names that were on it.
     pub async fn delete_board(&self, id: &str) -> Result<Vec<String>> {
         let mut tx = self.begin_write().await?;
-        let names: Vec<String> =
-            sqlx::query("SELECT image_name FROM board_images WHERE board_id = $1")
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<std::result::Result<_, _>>()?;
+        let names: Vec<String> = sqlx::query("SELECT image_name FROM images WHERE board_id = $1")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?;
         let done = sqlx::query("DELETE FROM boards WHERE board_id = $1")
             .bind(id)
             .execute(&mut *tx)

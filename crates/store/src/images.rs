@@ -52,10 +52,9 @@ const IMAGE_SELECT: &str =
     "SELECT i.image_name, i.image_origin, i.image_category, i.width, i.height,
         i.session_id, i.node_id, i.metadata, i.is_intermediate, i.starred, i.has_workflow,
         i.created_at, i.updated_at, i.user_id, i.image_subfolder,
-        bi.board_id, b.user_id AS board_owner, b.board_visibility
+        i.board_id, b.user_id AS board_owner, b.board_visibility
     FROM images i
-    LEFT JOIN board_images bi ON bi.image_name = i.image_name
-    LEFT JOIN boards b ON b.board_id = bi.board_id";
+    LEFT JOIN boards b ON b.board_id = i.board_id";
 
 fn image_from_row(row: &SqliteRow) -> Result<ImageRecord> {
     let origin: String = row.try_get("image_origin")?;
@@ -93,8 +92,10 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO images (image_name, image_origin, image_category, width, height,
-                session_id, node_id, metadata, is_intermediate, has_workflow, user_id, image_subfolder)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                session_id, node_id, metadata, is_intermediate, has_workflow, user_id, image_subfolder,
+                board_id, board_added_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                CASE WHEN $13 IS NULL THEN NULL ELSE STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW') END)",
         )
         .bind(&new.image_name)
         .bind(new.image_origin.as_str())
@@ -108,17 +109,10 @@ impl Store {
         .bind(new.has_workflow)
         .bind(new.user_id.as_str())
         .bind(&new.image_subfolder)
+        .bind(&new.board_id)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_write)?;
-        if let Some(board_id) = &new.board_id {
-            sqlx::query("INSERT INTO board_images (image_name, board_id) VALUES ($1, $2)")
-                .bind(&new.image_name)
-                .bind(board_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from_write)?;
-        }
         tx.commit().await?;
         self.get_image(&new.image_name)
             .await?
@@ -193,35 +187,74 @@ pub struct ImageChanges {
     pub starred: Option<bool>,
 }
 
+/// A value bound to a dynamically built query.
+enum Arg {
+    Text(String),
+    Bool(bool),
+}
+
+/// A WHERE clause under construction: conditions and their numbered arguments.
+#[derive(Default)]
+struct Where {
+    conds: Vec<String>,
+    args: Vec<Arg>,
+}
+
+impl Where {
+    /// Adds `cond`, each `?` in it standing for `arg` (bound once, as `$n`).
+    fn arg(&mut self, cond: &str, arg: Arg) {
+        self.args.push(arg);
+        let n = self.args.len();
+        self.conds.push(cond.replace('?', &format!("${n}")));
+    }
+}
+
 impl ImageQuery {
-    /// The WHERE clause; parameters `$1` owner, `$2` board id, `$3` origin, `$4` intermediate,
-    /// `$5` search pattern are always bound (NULL when unused).
-    fn filter(&self) -> String {
-        let mut sql = String::from(
-            "WHERE ($1 IS NULL OR i.user_id = $1)
-               AND ($3 IS NULL OR i.image_origin = $3)
-               AND ($4 IS NULL OR i.is_intermediate = $4)
-               AND ($5 IS NULL OR i.metadata LIKE $5 OR i.created_at LIKE $5)
-               AND ($6 IS NULL OR SUBSTR(i.created_at, 1, 10) = $6)",
-        );
-        match self.board {
-            BoardFilter::Any => sql.push_str(" AND ($2 IS NULL OR 1 = 1)"),
-            BoardFilter::Uncategorized => sql.push_str(" AND ($2 IS NULL AND bi.board_id IS NULL)"),
-            BoardFilter::Board(_) => sql.push_str(" AND bi.board_id = $2"),
+    /// The WHERE clause with only the active conditions (so SQLite can use the listing
+    /// indexes; `x IS NULL OR …` patterns defeat them) and its arguments, numbered from `$1`.
+    fn filter(&self) -> (String, Vec<Arg>) {
+        let mut w = Where::default();
+        if let Some(owner) = &self.owner {
+            w.arg("i.user_id = ?", Arg::Text(owner.as_str().to_owned()));
+        }
+        match &self.board {
+            BoardFilter::Any => {}
+            BoardFilter::Uncategorized => w.conds.push("i.board_id IS NULL".to_owned()),
+            BoardFilter::Board(id) => w.arg("i.board_id = ?", Arg::Text(id.clone())),
+        }
+        if let Some(origin) = self.origin {
+            w.arg("i.image_origin = ?", Arg::Text(origin.as_str().to_owned()));
+        }
+        if let Some(flag) = self.is_intermediate {
+            w.arg("i.is_intermediate = ?", Arg::Bool(flag));
+        }
+        if let Some(term) = &self.search_term {
+            w.arg(
+                "(i.metadata LIKE ? OR i.created_at LIKE ?)",
+                Arg::Text(format!("%{term}%")),
+            );
+        }
+        if let Some(date) = &self.created_date {
+            w.arg("SUBSTR(i.created_at, 1, 10) = ?", Arg::Text(date.clone()));
         }
         if let Some(categories) = &self.categories {
             if categories.is_empty() {
-                sql.push_str(" AND 1 = 0");
+                w.conds.push("1 = 0".to_owned());
             } else {
                 let list = categories
                     .iter()
                     .map(|c| format!("'{}'", c.as_str()))
                     .collect::<Vec<_>>()
                     .join(", ");
-                sql.push_str(&format!(" AND i.image_category IN ({list})"));
+                w.conds.push(format!("i.image_category IN ({list})"));
             }
         }
-        sql
+        let sql = if w.conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", w.conds.join(" AND "))
+        };
+        (sql, w.args)
     }
 
     fn order(&self) -> String {
@@ -233,22 +266,19 @@ impl ImageQuery {
             format!("ORDER BY i.created_at {dir}, i.image_name {dir}")
         }
     }
+}
 
-    fn bind<'q>(
-        &'q self,
-        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-        let board = match &self.board {
-            BoardFilter::Board(id) => Some(id.as_str()),
-            _ => None,
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    args: &'q [Arg],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    for arg in args {
+        q = match arg {
+            Arg::Text(t) => q.bind(t.as_str()),
+            Arg::Bool(b) => q.bind(*b),
         };
-        q.bind(self.owner.as_ref().map(UserId::as_str))
-            .bind(board)
-            .bind(self.origin.map(ResourceOrigin::as_str))
-            .bind(self.is_intermediate)
-            .bind(self.search_term.as_ref().map(|t| format!("%{t}%")))
-            .bind(self.created_date.as_deref())
     }
+    q
 }
 
 impl Store {
@@ -259,21 +289,20 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<ImageRecord>, i64)> {
-        let filter = query.filter();
-        let count_sql = format!(
-            "SELECT COUNT(*) FROM images i LEFT JOIN board_images bi ON bi.image_name = i.image_name {filter}"
-        );
-        let total: i64 = query
-            .bind(sqlx::query(&count_sql))
+        let (filter, args) = query.filter();
+        let count_sql = format!("SELECT COUNT(*) FROM images i {filter}");
+        let total: i64 = bind_all(sqlx::query(&count_sql), &args)
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
+        let n = args.len();
         let sql = format!(
-            "{IMAGE_SELECT} {filter} {} LIMIT $7 OFFSET $8",
-            query.order()
+            "{IMAGE_SELECT} {filter} {} LIMIT ${} OFFSET ${}",
+            query.order(),
+            n + 1,
+            n + 2
         );
-        let rows = query
-            .bind(sqlx::query(&sql))
+        let rows = bind_all(sqlx::query(&sql), &args)
             .bind(limit)
             .bind(offset)
             .fetch_all(&self.pool)
@@ -287,13 +316,14 @@ impl Store {
 
     /// Every matching name in listing order, and how many of them are starred.
     pub async fn image_names(&self, query: &ImageQuery) -> Result<(Vec<String>, i64)> {
+        let (filter, args) = query.filter();
         let sql = format!(
-            "SELECT i.image_name, i.starred FROM images i
-             LEFT JOIN board_images bi ON bi.image_name = i.image_name {} {}",
-            query.filter(),
+            "SELECT i.image_name, i.starred FROM images i {filter} {}",
             query.order()
         );
-        let rows = query.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
+        let rows = bind_all(sqlx::query(&sql), &args)
+            .fetch_all(&self.pool)
+            .await?;
         let mut names = Vec::with_capacity(rows.len());
         let mut starred = 0;
         for row in &rows {
@@ -353,17 +383,19 @@ impl Store {
     /// Puts an image on a board (moving it off any other). Returns its previous board.
     pub async fn add_image_to_board(&self, name: &str, board_id: &str) -> Result<Option<String>> {
         let mut tx = self.begin_write().await?;
-        let previous: Option<String> =
-            sqlx::query("SELECT board_id FROM board_images WHERE image_name = $1")
+        let previous: Option<Option<String>> =
+            sqlx::query("SELECT board_id FROM images WHERE image_name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?
                 .map(|r| r.try_get(0))
                 .transpose()?;
+        let Some(previous) = previous else {
+            return Err(StoreError::NotFound);
+        };
         sqlx::query(
-            "INSERT INTO board_images (image_name, board_id) VALUES ($1, $2)
-             ON CONFLICT (image_name) DO UPDATE SET board_id = excluded.board_id,
-                 updated_at = STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')",
+            "UPDATE images SET board_id = $2, board_added_at = STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')
+             WHERE image_name = $1",
         )
         .bind(name)
         .bind(board_id)
@@ -378,16 +410,19 @@ impl Store {
     pub async fn remove_image_from_board(&self, name: &str) -> Result<Option<String>> {
         let mut tx = self.begin_write().await?;
         let previous: Option<String> =
-            sqlx::query("SELECT board_id FROM board_images WHERE image_name = $1")
+            sqlx::query("SELECT board_id FROM images WHERE image_name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-        sqlx::query("DELETE FROM board_images WHERE image_name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+                .map(|r| r.try_get::<Option<String>, _>(0))
+                .transpose()?
+                .flatten();
+        sqlx::query(
+            "UPDATE images SET board_id = NULL, board_added_at = NULL WHERE image_name = $1",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(previous)
     }

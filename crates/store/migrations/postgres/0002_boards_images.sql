@@ -1,4 +1,4 @@
--- Boards, images and board membership; PostgreSQL variant of sqlite/0002_boards_images.sql.
+-- Boards and images; PostgreSQL variant of sqlite/0002_boards_images.sql.
 
 CREATE TABLE images (
     image_name TEXT NOT NULL PRIMARY KEY,
@@ -16,10 +16,18 @@ CREATE TABLE images (
     updated_at TEXT NOT NULL DEFAULT (TO_CHAR(NOW() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS')),
     deleted_at TEXT,
     user_id TEXT NOT NULL DEFAULT 'system',
-    image_subfolder TEXT NOT NULL DEFAULT ''
+    image_subfolder TEXT NOT NULL DEFAULT '',
+    -- The board the image is on (at most one); NULL is "Uncategorized". Kept on the image
+    -- rather than in a membership table so board counts and covers are index range scans.
+    board_id TEXT,
+    board_added_at TEXT
 );
-CREATE INDEX idx_images_user_created ON images(user_id, created_at);
-CREATE INDEX idx_images_created_at ON images(created_at);
+CREATE INDEX idx_images_user_listing ON images(user_id, starred, created_at, image_name);
+CREATE INDEX idx_images_user_created ON images(user_id, created_at, image_name);
+CREATE INDEX idx_images_listing ON images(starred, created_at, image_name);
+CREATE INDEX idx_images_board_counts ON images(board_id, is_intermediate, image_category);
+CREATE INDEX idx_images_board_cover ON images(board_id, is_intermediate, starred, created_at, image_name);
+CREATE INDEX idx_images_created_at ON images(created_at, image_name);
 CREATE INDEX idx_images_category ON images(image_category);
 CREATE INDEX idx_images_intermediate ON images(is_intermediate);
 CREATE INDEX idx_images_starred ON images(starred);
@@ -51,14 +59,8 @@ $$ LANGUAGE plpgsql;
 CREATE TRIGGER tg_boards_updated_at BEFORE UPDATE ON boards
 FOR EACH ROW EXECUTE FUNCTION atelier_touch_updated_at_seconds();
 
-CREATE TABLE board_images (
-    image_name TEXT NOT NULL PRIMARY KEY REFERENCES images(image_name) ON DELETE CASCADE,
-    board_id TEXT NOT NULL REFERENCES boards(board_id) ON DELETE CASCADE,
-    created_at TEXT NOT NULL DEFAULT (TO_CHAR(NOW() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS')),
-    updated_at TEXT NOT NULL DEFAULT (TO_CHAR(NOW() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS')),
-    deleted_at TEXT
-);
-CREATE INDEX idx_board_images_board_id ON board_images(board_id, image_name);
+ALTER TABLE images ADD CONSTRAINT images_board_id_fkey
+    FOREIGN KEY (board_id) REFERENCES boards(board_id) ON DELETE SET NULL;
 
 CREATE TABLE shared_boards (
     board_id TEXT NOT NULL REFERENCES boards(board_id) ON DELETE CASCADE,

@@ -1,4 +1,4 @@
--- Boards, images and board membership (boards-images.md §2). Owners are plain ids with no
+-- Boards and images (boards-images.md §2); an image's board is its `board_id` column. Owners are plain ids with no
 -- foreign key to `users`: content survives the deletion of its owner.
 
 CREATE TABLE boards (
@@ -40,10 +40,18 @@ CREATE TABLE images (
     updated_at DATETIME NOT NULL DEFAULT (STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')),
     deleted_at DATETIME,
     user_id TEXT NOT NULL DEFAULT 'system',
-    image_subfolder TEXT NOT NULL DEFAULT ''
+    image_subfolder TEXT NOT NULL DEFAULT '',
+    -- The board the image is on (at most one); NULL is "Uncategorized". Kept on the image
+    -- rather than in a membership table so board counts and covers are index range scans.
+    board_id TEXT REFERENCES boards(board_id) ON DELETE SET NULL,
+    board_added_at DATETIME
 );
-CREATE INDEX idx_images_user_created ON images(user_id, created_at);
-CREATE INDEX idx_images_created_at ON images(created_at);
+CREATE INDEX idx_images_user_listing ON images(user_id, starred, created_at, image_name);
+CREATE INDEX idx_images_user_created ON images(user_id, created_at, image_name);
+CREATE INDEX idx_images_listing ON images(starred, created_at, image_name);
+CREATE INDEX idx_images_board_counts ON images(board_id, is_intermediate, image_category);
+CREATE INDEX idx_images_board_cover ON images(board_id, is_intermediate, starred, created_at, image_name);
+CREATE INDEX idx_images_created_at ON images(created_at, image_name);
 CREATE INDEX idx_images_category ON images(image_category);
 CREATE INDEX idx_images_intermediate ON images(is_intermediate);
 CREATE INDEX idx_images_starred ON images(starred);
@@ -54,16 +62,6 @@ BEGIN
     UPDATE images SET updated_at = STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')
     WHERE image_name = old.image_name;
 END;
-
--- At most one board per image: the image name is the key.
-CREATE TABLE board_images (
-    image_name TEXT NOT NULL PRIMARY KEY REFERENCES images(image_name) ON DELETE CASCADE,
-    board_id TEXT NOT NULL REFERENCES boards(board_id) ON DELETE CASCADE,
-    created_at DATETIME NOT NULL DEFAULT (STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')),
-    updated_at DATETIME NOT NULL DEFAULT (STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')),
-    deleted_at DATETIME
-);
-CREATE INDEX idx_board_images_board_id ON board_images(board_id, image_name);
 
 -- Reserved by the reference; only affects board listings.
 CREATE TABLE shared_boards (
