@@ -5,28 +5,11 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 async fn board(s: &TestServer, token: Option<&str>, name: &str) -> Value {
-    let r = s
-        .send(
-            Method::POST,
-            &format!("/api/v1/boards/?board_name={name}"),
-            token,
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    r.body
+    s.create_board(token, name).await
 }
 
 async fn set_visibility(s: &TestServer, token: &str, id: &str, vis: &str) {
-    let r = s
-        .patch(
-            &format!("/api/v1/boards/{id}"),
-            Some(token),
-            &json!({"board_visibility": vis}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
+    s.set_visibility(Some(token), id, vis).await;
 }
 
 fn names(list: &Value) -> Vec<&str> {

@@ -1,36 +1,15 @@
 //! Gallery items and virtual boards by date (boards-images.md §8).
 
 use crate::common::*;
-use atelier_server::media::{self, PngText};
-use image::{DynamicImage, Rgba, RgbaImage};
-use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 
 async fn upload(s: &TestServer, token: &str, category: &str, intermediate: bool) -> String {
-    let img = DynamicImage::ImageRgba8(RgbaImage::from_pixel(8, 4, Rgba([1, 2, 3, 255])));
-    let bytes = media::encode_png(&img, &PngText::default(), 1).unwrap();
-    let form = Form::new().part(
-        "file",
-        Part::bytes(bytes)
-            .file_name("a.png")
-            .mime_str("image/png")
-            .unwrap(),
-    );
-    let res = s
-        .client
-        .post(s.url(&format!(
-            "/api/v1/images/upload?image_category={category}&is_intermediate={intermediate}"
-        )))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 201);
-    res.json::<Value>().await.unwrap()["image_name"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    let query = format!("image_category={category}&is_intermediate={intermediate}");
+    let r = s
+        .upload(Some(token), &query, png_bytes(8, 4), "image/png")
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.body["image_name"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]

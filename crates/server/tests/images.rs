@@ -26,31 +26,7 @@ async fn upload_with(
     bytes: Vec<u8>,
     mime: &str,
 ) -> Resp {
-    let form = Form::new().part(
-        "file",
-        Part::bytes(bytes)
-            .file_name("x.png")
-            .mime_str(mime)
-            .unwrap(),
-    );
-    let mut req = s
-        .client
-        .post(s.url(&format!("/api/v1/images/upload?{query}")))
-        .multipart(form);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let text = res.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp {
-        status,
-        headers,
-        text,
-        body,
-    }
+    s.upload(token, query, bytes, mime).await
 }
 
 async fn upload(s: &TestServer, token: Option<&str>, board: Option<&str>) -> String {
@@ -71,25 +47,12 @@ async fn upload(s: &TestServer, token: Option<&str>, board: Option<&str>) -> Str
 }
 
 async fn new_board(s: &TestServer, token: &str, visibility: &str) -> String {
-    let r = s
-        .send(
-            Method::POST,
-            "/api/v1/boards/?board_name=b",
-            Some(token),
-            None,
-            &[],
-        )
-        .await;
-    let id = r.body["board_id"].as_str().unwrap().to_owned();
+    let id = s.create_board(Some(token), "b").await["board_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     if visibility != "private" {
-        let r = s
-            .patch(
-                &format!("/api/v1/boards/{id}"),
-                Some(token),
-                &json!({"board_visibility": visibility}),
-            )
-            .await;
-        assert_eq!(r.status, 201);
+        s.set_visibility(Some(token), &id, visibility).await;
     }
     id
 }
@@ -100,19 +63,7 @@ async fn get_bytes(
     token: Option<&str>,
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let mut req = s.client.get(s.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = req.send().await.unwrap();
-    (
-        res.status().as_u16(),
-        res.headers().clone(),
-        res.bytes().await.unwrap().to_vec(),
-    )
+    s.get_bytes(path, token, headers).await
 }
 
 #[tokio::test]

@@ -7,11 +7,8 @@
 //! governs it; every cell of the matrix is then checked for it.
 
 use crate::common::*;
-use atelier_server::media::{self, PngText};
-use image::{DynamicImage, Rgba, RgbaImage};
-use reqwest::multipart::{Form, Part};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Caller {
@@ -152,64 +149,22 @@ const ENDPOINTS: &[Endpoint] = &[
     },
 ];
 
-fn png() -> Vec<u8> {
-    let img = DynamicImage::ImageRgba8(RgbaImage::from_pixel(4, 4, Rgba([5, 5, 5, 255])));
-    media::encode_png(&img, &PngText::default(), 1).unwrap()
-}
-
 async fn upload(s: &TestServer, token: Option<&str>, board: Option<&str>) -> Resp {
-    let form = Form::new().part(
-        "file",
-        Part::bytes(png())
-            .file_name("a.png")
-            .mime_str("image/png")
-            .unwrap(),
-    );
-    let mut url = s.url("/api/v1/images/upload?image_category=general&is_intermediate=false");
+    let mut query = "image_category=general&is_intermediate=false".to_owned();
     if let Some(b) = board {
-        url.push_str(&format!("&board_id={b}"));
+        query.push_str(&format!("&board_id={b}"));
     }
-    let mut req = s.client.post(url).multipart(form);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let text = res.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp {
-        status,
-        headers,
-        text,
-        body,
-    }
+    s.upload(token, &query, png_bytes(4, 4), "image/png").await
 }
 
 /// Creates a board of `visibility` with one image, as `token` (None: single-user `system`).
 async fn make_cell(s: &TestServer, token: Option<&str>, visibility: &str) -> Cell {
-    let r = s
-        .send(
-            Method::POST,
-            &format!("/api/v1/boards/?board_name={visibility}"),
-            token,
-            None,
-            &[],
-        )
-        .await;
-    let board = r.body["board_id"].as_str().unwrap().to_owned();
-    let image = upload(s, token, Some(&board)).await.body["image_name"]
+    let board = s.create_board(token, visibility).await["board_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let r = s
-        .patch(
-            &format!("/api/v1/boards/{board}"),
-            token,
-            &json!({"board_visibility": visibility}),
-        )
-        .await;
-    assert_eq!(r.status, 201);
+    let image = s.upload_image(token, Some(&board)).await;
+    s.set_visibility(token, &board, visibility).await;
     Cell { board, image }
 }
 

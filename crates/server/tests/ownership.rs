@@ -3,50 +3,18 @@
 //! owners through the API and the command line.
 
 use crate::common::*;
-use atelier_server::media::{self, PngText};
-use image::{DynamicImage, Rgba, RgbaImage};
-use reqwest::multipart::{Form, Part};
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::process::Command;
 
 async fn upload(s: &TestServer, token: Option<&str>) -> String {
-    let img = DynamicImage::ImageRgba8(RgbaImage::from_pixel(4, 4, Rgba([9, 9, 9, 255])));
-    let bytes = media::encode_png(&img, &PngText::default(), 1).unwrap();
-    let form = Form::new().part(
-        "file",
-        Part::bytes(bytes)
-            .file_name("a.png")
-            .mime_str("image/png")
-            .unwrap(),
-    );
-    let mut req = s
-        .client
-        .post(s.url("/api/v1/images/upload?image_category=general&is_intermediate=false"))
-        .multipart(form);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let res = req.send().await.unwrap();
-    assert_eq!(res.status().as_u16(), 201);
-    res.json::<Value>().await.unwrap()["image_name"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    s.upload_image(token, None).await
 }
 
 async fn board(s: &TestServer, token: Option<&str>, name: &str) -> String {
-    let r = s
-        .send(
-            Method::POST,
-            &format!("/api/v1/boards/?board_name={name}"),
-            token,
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    r.body["board_id"].as_str().unwrap().to_owned()
+    s.create_board(token, name).await["board_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn board_names(r: &Resp) -> Vec<String> {

@@ -11,6 +11,17 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+/// A small opaque PNG (no text chunks).
+pub fn png_bytes(w: u32, h: u32) -> Vec<u8> {
+    let img = image::DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+        w,
+        h,
+        image::Rgba([9, 9, 9, 255]),
+    ));
+    atelier_server::media::encode_png(&img, &atelier_server::media::PngText::default(), 1)
+        .expect("png")
+}
+
 /// bcrypt cost used by test servers: the production cost (12) is checked by its own tests;
 /// the rest of the suite uses a cheap one so it runs in seconds.
 pub const TEST_COST: u32 = 4;
@@ -35,6 +46,20 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Reads a response: status, headers, and the body as text and (when it is) JSON.
+    pub async fn read(res: reqwest::Response) -> Self {
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -168,17 +193,7 @@ impl TestServer {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let res = req.send().await.expect("request");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let text = res.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
-            status,
-            headers,
-            text,
-            body,
-        }
+        Resp::read(req.send().await.expect("request")).await
     }
 
     /// Sends raw bytes with the given content type (None: no Content-Type header).
@@ -197,17 +212,7 @@ impl TestServer {
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
-        let res = req.send().await.expect("request");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let text = res.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
-            status,
-            headers,
-            text,
-            body,
-        }
+        Resp::read(req.send().await.expect("request")).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
@@ -280,5 +285,88 @@ impl TestServer {
         let user = self.create_user(admin, email, "User-Pass-1", false).await;
         let token = self.login(email, "User-Pass-1").await;
         (user["user_id"].as_str().expect("id").to_owned(), token)
+    }
+
+    /// Uploads `bytes` as the multipart `file` with the given query string.
+    pub async fn upload(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        bytes: Vec<u8>,
+        mime: &str,
+    ) -> Resp {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name("upload.png")
+            .mime_str(mime)
+            .expect("mime");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let mut req = self
+            .client
+            .post(self.url(&format!("/api/v1/images/upload?{query}")))
+            .multipart(form);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Resp::read(req.send().await.expect("request")).await
+    }
+
+    /// Uploads a small general image (onto `board`, if given); returns its name.
+    pub async fn upload_image(&self, token: Option<&str>, board: Option<&str>) -> String {
+        let mut query = "image_category=general&is_intermediate=false".to_owned();
+        if let Some(b) = board {
+            query.push_str(&format!("&board_id={b}"));
+        }
+        let r = self
+            .upload(token, &query, png_bytes(4, 4), "image/png")
+            .await;
+        assert_eq!(r.status, 201, "upload failed: {}", r.text);
+        r.body["image_name"].as_str().expect("name").to_owned()
+    }
+
+    /// Creates a board; returns its DTO.
+    pub async fn create_board(&self, token: Option<&str>, name: &str) -> Value {
+        let r = self
+            .send(
+                Method::POST,
+                &format!("/api/v1/boards/?board_name={name}"),
+                token,
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 201, "board creation failed: {}", r.text);
+        r.body
+    }
+
+    /// Sets a board's visibility (asserting success).
+    pub async fn set_visibility(&self, token: Option<&str>, board_id: &str, visibility: &str) {
+        let r = self
+            .patch(
+                &format!("/api/v1/boards/{board_id}"),
+                token,
+                &json!({"board_visibility": visibility}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "visibility change failed: {}", r.text);
+    }
+
+    /// GETs raw bytes: status, headers, body.
+    pub async fn get_bytes(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, HeaderMap, Vec<u8>) {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        (status, headers, res.bytes().await.expect("body").to_vec())
     }
 }
