@@ -7,7 +7,7 @@ use crate::token::{lifetime_s, Claims};
 use atelier_domain::audit::{Actor, AuditAction, AuditEvent};
 use atelier_domain::password::PasswordPolicy;
 use atelier_domain::{Identity, User};
-use atelier_store::{NewUser, StoreError, UserUpdate};
+use atelier_store::UserUpdate;
 use chrono::{DateTime, Utc};
 use std::net::IpAddr;
 
@@ -60,34 +60,20 @@ pub async fn setup(
             "Administrator account already configured",
         ));
     }
-    policy(state).check(&input.password)?;
-    if state
+    let new = crate::service::users::prepare(
+        state,
+        policy(state),
+        input.email,
+        input.display_name,
+        &input.password,
+        true,
+    )
+    .await?;
+    let user = state
         .store
-        .find_user_by_email(&input.email)
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::bad_request(format!(
-            "User with email {} already exists",
-            input.email
-        )));
-    }
-    let password_hash = state.hasher.hash(&input.password).await?;
-    let new = NewUser {
-        email: input.email,
-        display_name: input.display_name,
-        password_hash,
-        is_admin: true,
-    };
-    let user = match state.store.insert_first_admin(&new).await {
-        Ok(user) => user,
-        Err(StoreError::Conflict(msg)) => {
-            return Err(ApiError::bad_request(format!(
-                "Failed to create user: {msg}"
-            )))
-        }
-        Err(err) => return Err(err.into()),
-    };
+        .insert_first_admin(&new)
+        .await
+        .map_err(crate::service::users::insert_failure)?;
     let event = AuditEvent::new(AuditAction::Setup, Actor::Anonymous)
         .subject(Some(user.user_id.as_str()), &user.email)
         .client(client.map(|c| c.to_string()));

@@ -44,6 +44,38 @@ pub struct CreateUserInput {
     pub is_admin: bool,
 }
 
+/// The shared front half of creating an account (setup and admin create): the password
+/// policy first, then the duplicate check, then the hash.
+pub(crate) async fn prepare(
+    state: &AppState,
+    policy: PasswordPolicy,
+    email: String,
+    display_name: Option<String>,
+    password: &str,
+    is_admin: bool,
+) -> Result<NewUser, ApiError> {
+    policy.check(password)?;
+    if state.store.find_user_by_email(&email).await?.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "User with email {email} already exists"
+        )));
+    }
+    Ok(NewUser {
+        email,
+        display_name,
+        password_hash: state.hasher.hash(password).await?,
+        is_admin,
+    })
+}
+
+/// A refused insert: a UNIQUE violation is the client's `Failed to create user: <message>`.
+pub(crate) fn insert_failure(err: StoreError) -> ApiError {
+    match err {
+        StoreError::Conflict(msg) => ApiError::bad_request(format!("Failed to create user: {msg}")),
+        other => other.into(),
+    }
+}
+
 /// `POST /auth/users`: policy first, then the duplicate check.
 pub async fn create(
     state: &AppState,
@@ -53,34 +85,20 @@ pub async fn create(
     origin: &Origin,
     now: DateTime<Utc>,
 ) -> Result<User, ApiError> {
-    policy.check(&input.password)?;
-    if state
+    let new = prepare(
+        state,
+        policy,
+        input.email,
+        input.display_name,
+        &input.password,
+        input.is_admin,
+    )
+    .await?;
+    let user = state
         .store
-        .find_user_by_email(&input.email)
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::bad_request(format!(
-            "User with email {} already exists",
-            input.email
-        )));
-    }
-    let password_hash = state.hasher.hash(&input.password).await?;
-    let new = NewUser {
-        email: input.email,
-        display_name: input.display_name,
-        password_hash,
-        is_admin: input.is_admin,
-    };
-    let user = match state.store.insert_user(&new).await {
-        Ok(user) => user,
-        Err(StoreError::Conflict(msg)) => {
-            return Err(ApiError::bad_request(format!(
-                "Failed to create user: {msg}"
-            )))
-        }
-        Err(err) => return Err(err.into()),
-    };
+        .insert_user(&new)
+        .await
+        .map_err(insert_failure)?;
     let detail = if user.is_admin {
         "administrator"
     } else {
