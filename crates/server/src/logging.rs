@@ -67,6 +67,12 @@ impl LogControl {
     }
 }
 
+/// Colours only on a terminal, so logs written to files and pipes stay plain text.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
 fn filter_for(level: &str) -> EnvFilter {
     EnvFilter::new(format!("{level},sqlx=warn,hyper=warn,tower=warn"))
 }
@@ -79,13 +85,18 @@ pub fn init(level: &str) -> LogControl {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(from_env)
             .with_writer(std::io::stderr)
+            .with_ansi(colour())
             .try_init();
         return LogControl::detached(number);
     }
     let (layer, handle) = reload::Layer::new(filter_for(directive(number)));
     let installed = Registry::default()
         .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(colour()),
+        )
         .try_init()
         .is_ok();
     let mut control = LogControl::detached(number);
