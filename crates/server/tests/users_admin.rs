@@ -441,3 +441,26 @@ async fn two_admins_demoting_each_other_at_once_leave_one_admin() {
     );
     assert_eq!(s.state().store.count_active_admins().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn the_documented_sqlite_password_reset_recipe_works() {
+    let s = TestServer::multiuser().await;
+    s.setup_admin().await;
+    // What an operator does with sqlite3: write a bcrypt hash (any cost, $2b$ or $2a$).
+    let hash = atelier_server::passwords::hash_sync(b"Recovered-1", 4)
+        .unwrap()
+        .replacen("$2b$", "$2a$", 1);
+    let url = format!(
+        "sqlite://{}",
+        s.root.path().join("databases/atelier.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE email = $2")
+        .bind(&hash)
+        .bind(ADMIN_EMAIL)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    s.login(ADMIN_EMAIL, "Recovered-1").await;
+}
