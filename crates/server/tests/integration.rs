@@ -12,6 +12,7 @@ mod auth_flow;
 mod boards;
 mod body_validation;
 mod cli;
+mod client_state;
 mod config_precedence;
 mod cors_refresh;
 mod gallery;

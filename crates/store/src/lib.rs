@@ -13,6 +13,7 @@
 
 mod audit;
 mod boards;
+mod client_state;
 mod content;
 mod error;
 mod images;

@@ -31,6 +31,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_boards_images.sql"),
         postgres: include_str!("../migrations/postgres/0002_boards_images.sql"),
     },
+    Migration {
+        version: 3,
+        name: "workflows_state",
+        sqlite: include_str!("../migrations/sqlite/0003_workflows_state.sql"),
+        postgres: include_str!("../migrations/postgres/0003_workflows_state.sql"),
+    },
 ];
 
 /// What [`Store::migrate`] did.

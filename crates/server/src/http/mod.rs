@@ -10,6 +10,7 @@ pub mod auth;
 pub mod boards;
 pub mod body;
 pub mod client;
+pub mod client_state;
 pub mod content;
 pub mod cors;
 pub mod error;
@@ -41,6 +42,7 @@ pub fn app(state: AppState) -> Router {
         .merge(boards::routes())
         .merge(gallery::routes())
         .merge(content::routes())
+        .merge(client_state::routes())
         .merge(images::routes(
             usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
         ))

@@ -2,7 +2,7 @@
 //! `/openapi.json` with Swagger UI at `/docs` (assets embedded in the binary: nothing is
 //! fetched at build or run time).
 
-use crate::http::{app, audit, auth, boards, content, gallery, images, settings};
+use crate::http::{app, audit, auth, boards, client_state, content, gallery, images, settings};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -29,6 +29,8 @@ use utoipa_swagger_ui::SwaggerUi;
         gallery::items, gallery::item_names, gallery::item_names_deprecated, gallery::by_date,
         gallery::date_image_names, gallery::date_item_names,
         content::reassign,
+        client_state::get_by_key, client_state::set_by_key, client_state::get_keys_by_prefix,
+        client_state::delete_by_key, client_state::delete_all,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -38,6 +40,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "boards", description = "Boards and their visibility"),
         (name = "images", description = "Images, their files and metadata"),
         (name = "content", description = "Moving content between owners (admins)"),
+        (name = "client_state", description = "Per-user UI state"),
     )
 )]
 pub struct ApiDoc;
