@@ -253,6 +253,22 @@ impl<'a> QueryFields<'a> {
         ok.then_some(Some(out))
     }
 
+    /// A repeated string parameter (`list[str] | None`).
+    pub fn optional_str_list(&mut self, name: &str) -> Option<Vec<String>> {
+        let values = self.all(name);
+        (!values.is_empty()).then(|| values.into_iter().map(str::to_owned).collect())
+    }
+
+    /// A required repeated parameter: missing is a 422 `missing`.
+    pub fn required_list_present(&mut self, name: &str) -> bool {
+        if self.all(name).is_empty() {
+            self.issue("missing", Self::at(name), "Field required", Value::Null, None);
+            false
+        } else {
+            true
+        }
+    }
+
     /// Ends validation: the collected issues as one 422, if any.
     pub fn finish(self) -> Result<(), ApiError> {
         if self.issues.is_empty() {

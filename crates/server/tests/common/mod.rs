@@ -231,6 +231,10 @@ impl TestServer {
         self.send(Method::PATCH, path, token, Some(body), &[]).await
     }
 
+    pub async fn put_empty(&self, path: &str, token: Option<&str>) -> Resp {
+        self.send(Method::PUT, path, token, None, &[]).await
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Resp {
         self.send(Method::DELETE, path, token, None, &[]).await
     }
