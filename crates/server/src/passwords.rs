@@ -7,7 +7,6 @@
 use crate::http::error::ApiError;
 use atelier_domain::password::bcrypt_input;
 use rand::seq::SliceRandom;
-use rand::Rng;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -88,8 +87,6 @@ pub fn generate_password() -> String {
         if ok {
             return candidate;
         }
-        // Keep the generator's state moving even on the rare redraw.
-        let _: u8 = rng.gen();
     }
 }
 

@@ -2,8 +2,8 @@
 //! still-valid Bearer token get `X-Refreshed-Token` with a fresh full-lifetime token.
 
 use crate::http::extract::{resolve_token, Authenticated};
-use crate::service::auth::issue_token;
 use crate::state::AppState;
+use crate::token::{lifetime_s, Claims};
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
@@ -43,13 +43,19 @@ pub async fn sliding_refresh(
     if response.status().as_u16() >= 400 || response.headers().contains_key(&REFRESHED_TOKEN) {
         return response;
     }
-    // Re-checked after the route ran, so a token the route just revoked is never renewed.
-    if let Ok(Authenticated { claims, .. }) = resolve_token(&state, &token).await {
-        if let Ok(Some(user)) = state.store.get_user(&claims.user_id.as_str().into()).await {
-            let fresh = issue_token(&state, &user, claims.remember_me, Utc::now());
-            if let Ok(value) = HeaderValue::from_str(&fresh) {
-                response.headers_mut().insert(REFRESHED_TOKEN, value);
-            }
+    // Re-checked after the route ran, so a token the route just revoked is never renewed;
+    // the identity carries the row's current email, role and epoch.
+    if let Ok(Authenticated { identity, claims }) = resolve_token(&state, &token).await {
+        let fresh = state.signer.sign(&Claims {
+            user_id: identity.user_id.to_string(),
+            email: identity.email,
+            is_admin: identity.is_admin,
+            remember_me: claims.remember_me,
+            token_epoch: identity.token_epoch,
+            exp: Some(Utc::now().timestamp() + lifetime_s(claims.remember_me)),
+        });
+        if let Ok(value) = HeaderValue::from_str(&fresh) {
+            response.headers_mut().insert(REFRESHED_TOKEN, value);
         }
     }
     response

@@ -243,3 +243,15 @@ pub async fn update_me(
     let token = password_changed.then(|| issue_token(state, &updated, caller.remember_me, now));
     Ok((updated, token))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DUMMY_HASH;
+
+    #[test]
+    fn the_dummy_hash_is_a_real_cost_12_hash() {
+        // A malformed hash would fail fast and let timing reveal unknown accounts.
+        assert!(DUMMY_HASH.starts_with("$2b$12$"));
+        assert_eq!(bcrypt::verify("anything", DUMMY_HASH).ok(), Some(false));
+    }
+}
