@@ -149,9 +149,16 @@ pub fn session_count(data: Option<&[Vec<BatchDatum>]>, runs: u64) -> u64 {
 /// The substitutions of every session, in insertion order: the run loop outermost, then the
 /// cartesian product of the zip groups with the last group varying fastest. `limit` stops the
 /// expansion early (the queue's free capacity).
-pub fn expand_batch(data: Option<&[Vec<BatchDatum>]>, runs: u64, limit: u64) -> Vec<Vec<NodeFieldValue>> {
+pub fn expand_batch(
+    data: Option<&[Vec<BatchDatum>]>,
+    runs: u64,
+    limit: u64,
+) -> Vec<Vec<NodeFieldValue>> {
     let groups: Vec<&Vec<BatchDatum>> = data.map(|d| d.iter().collect()).unwrap_or_default();
-    let lengths: Vec<usize> = groups.iter().map(|g| g.first().map_or(0, |d| d.items.len())).collect();
+    let lengths: Vec<usize> = groups
+        .iter()
+        .map(|g| g.first().map_or(0, |d| d.items.len()))
+        .collect();
     let mut out = Vec::new();
     if lengths.contains(&0) {
         return out;
@@ -214,7 +221,10 @@ mod tests {
     fn expansion_follows_the_contract_example() {
         // groups [[A(2), B(2)], [C(2)]], runs = 2 → (A0,B0,C0) (A0,B0,C1) (A1,B1,C0) (A1,B1,C1), twice.
         let data = vec![
-            vec![datum("A", vec![json!("a0"), json!("a1")]), datum("B", vec![json!(0), json!(1.5)])],
+            vec![
+                datum("A", vec![json!("a0"), json!("a1")]),
+                datum("B", vec![json!(0), json!(1.5)]),
+            ],
             vec![datum("C", vec![json!("c0"), json!("c1")])],
         ];
         assert!(validate_batch_data(&data).is_ok());
@@ -222,14 +232,28 @@ mod tests {
         let sessions = expand_batch(Some(&data), 2, u64::MAX);
         let labels: Vec<String> = sessions
             .iter()
-            .map(|s| s.iter().map(|v| v.value.to_string()).collect::<Vec<_>>().join(","))
+            .map(|s| {
+                s.iter()
+                    .map(|v| v.value.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .collect();
         assert_eq!(
             labels[..4],
-            [r#""a0",0,"c0""#, r#""a0",0,"c1""#, r#""a1",1.5,"c0""#, r#""a1",1.5,"c1""#]
+            [
+                r#""a0",0,"c0""#,
+                r#""a0",0,"c1""#,
+                r#""a1",1.5,"c0""#,
+                r#""a1",1.5,"c1""#
+            ]
         );
         assert_eq!(labels[4..], labels[..4]);
-        assert_eq!(expand_batch(Some(&data), 2, 3).len(), 3, "capacity stops the expansion");
+        assert_eq!(
+            expand_batch(Some(&data), 2, 3).len(),
+            3,
+            "capacity stops the expansion"
+        );
     }
 
     #[test]
@@ -239,11 +263,17 @@ mod tests {
         let empty_group = vec![vec![datum("A", vec![])]];
         assert_eq!(session_count(Some(&empty_group), 5), 0);
         assert!(expand_batch(Some(&empty_group), 5, u64::MAX).is_empty());
-        let uneven = vec![vec![datum("A", vec![json!(1)]), datum("B", vec![json!(1), json!(2)])]];
+        let uneven = vec![vec![
+            datum("A", vec![json!(1)]),
+            datum("B", vec![json!(1), json!(2)]),
+        ]];
         assert_eq!(validate_batch_data(&uneven), Err(BatchError::ZipLengths));
         let mixed = vec![vec![datum("A", vec![json!(1), json!("x")])]];
         assert_eq!(validate_batch_data(&mixed), Err(BatchError::MixedTypes));
-        let twice = vec![vec![datum("A", vec![json!(1)])], vec![datum("A", vec![json!(2)])]];
+        let twice = vec![
+            vec![datum("A", vec![json!(1)])],
+            vec![datum("A", vec![json!(2)])],
+        ];
         assert_eq!(validate_batch_data(&twice), Err(BatchError::Duplicate));
     }
 }

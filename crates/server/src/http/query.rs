@@ -262,7 +262,13 @@ impl<'a> QueryFields<'a> {
     /// A required repeated parameter: missing is a 422 `missing`.
     pub fn required_list_present(&mut self, name: &str) -> bool {
         if self.all(name).is_empty() {
-            self.issue("missing", Self::at(name), "Field required", Value::Null, None);
+            self.issue(
+                "missing",
+                Self::at(name),
+                "Field required",
+                Value::Null,
+                None,
+            );
             false
         } else {
             true

@@ -223,6 +223,9 @@ pub async fn update_me(
         policy(state).check(new_password)?;
         update.password_hash = Some(state.hasher.hash(new_password).await?);
     }
+    if crate::service::users::changes_nothing(&update) {
+        return Ok((user, None));
+    }
     let password_changed = update.password_hash.is_some();
     let updated = state.store.update_user(&user.user_id, &update).await?;
     let actor = actor_of(caller);

@@ -159,6 +159,9 @@ pub async fn update(
         policy.check(password)?;
         update.password_hash = Some(state.hasher.hash(password).await?);
     }
+    if changes_nothing(&update) {
+        return Ok((current, None));
+    }
     let updated = state.store.update_user(id, &update).await?;
 
     let changes = [
@@ -203,6 +206,15 @@ pub async fn update(
         _ => None,
     };
     Ok((updated, token))
+}
+
+/// Whether `update` sets no field. The reference then returns the row without writing, so
+/// `updated_at` (bumped by the trigger on every UPDATE) stays as it was.
+pub(crate) fn changes_nothing(update: &UserUpdate) -> bool {
+    update.display_name.is_none()
+        && update.password_hash.is_none()
+        && update.is_admin.is_none()
+        && update.is_active.is_none()
 }
 
 /// `DELETE /auth/users/{id}`. The user's content stays, owned by the dangling id.
