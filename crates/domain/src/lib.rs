@@ -7,6 +7,7 @@ pub mod content;
 pub mod email;
 pub mod error;
 pub mod ids;
+pub mod library;
 pub mod password;
 pub mod queue;
 pub mod user;

@@ -285,8 +285,8 @@ static KEYS: &[KeyDef] = &[
     key("outputs_dir", PATH, D::Str("outputs"), Used),
     key("image_subfolder_strategy", Kind::Enum(SUBFOLDER_STRATEGIES), D::Str("flat"), Used),
     key("custom_nodes_dir", PATH, D::Str("nodes"), Unused),
-    key("style_presets_dir", PATH, D::Str("style_presets"), Unused),
-    key("workflow_thumbnails_dir", PATH, D::Str("workflow_thumbnails"), Unused),
+    key("style_presets_dir", PATH, D::Str("style_presets"), Used),
+    key("workflow_thumbnails_dir", PATH, D::Str("workflow_thumbnails"), Used),
     // Logging.
     key("log_handlers", LIST, D::List(&["console"]), Used),
     key("log_format", Kind::Enum(&["plain", "color", "syslog", "legacy"]), D::Str("color"), Used),
@@ -1371,6 +1371,16 @@ impl Config {
     /// `outputs_dir` resolved against the root.
     pub fn outputs_dir(&self) -> PathBuf {
         self.path_value("outputs_dir")
+    }
+
+    /// `workflow_thumbnails_dir` resolved against the root.
+    pub fn workflow_thumbnails_dir(&self) -> PathBuf {
+        self.path_value("workflow_thumbnails_dir")
+    }
+
+    /// `style_presets_dir` resolved against the root.
+    pub fn style_presets_dir(&self) -> PathBuf {
+        self.path_value("style_presets_dir")
     }
 
     /// `models_dir` resolved against the root.

@@ -35,6 +35,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot install the default workflows and style presets: {0}")]
+    Defaults(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -92,6 +94,13 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         ),
         Err(err) => tracing::warn!(error = %err.detail(), "could not sweep orphan image files"),
     }
+    // The bundled defaults are synchronised at every start (workflows-and-state.md §1.4, §3.2).
+    service::workflows::sync_defaults(&state)
+        .await
+        .map_err(|e| StartError::Defaults(e.to_string()))?;
+    service::style_presets::replace_defaults(&state)
+        .await
+        .map_err(|e| StartError::Defaults(e.to_string()))?;
     Ok(state)
 }
 

@@ -433,7 +433,10 @@ async fn migrate_reports_and_a_newer_schema_is_refused() {
     let (code, out, _) = atelier(r.path(), &["migrate"], "");
     assert_eq!(code, 0);
     let known = atelier_store::Store::known_schema_version();
-    assert!(out.contains(&format!("is at schema version {known}")), "{out}");
+    assert!(
+        out.contains(&format!("is at schema version {known}")),
+        "{out}"
+    );
     // Mark the database as migrated by a future Atelier.
     let url = format!(
         "sqlite://{}",

@@ -171,3 +171,56 @@ async fn state_is_strictly_per_user() {
         .unwrap();
     assert!(keys.is_empty());
 }
+
+#[tokio::test]
+async fn no_caller_can_list_or_overwrite_another_users_keys_across_mode_switches() {
+    let s = TestServer::multiuser().await;
+    let admin = s.setup_admin().await;
+    let (_, alice) = s.user_with_token(&admin, "alice@example.com").await;
+    set(&s, Some(&alice), "canvas.tool", "brush").await;
+    // The admin writes the same key: that is the admin's own key, not Alice's.
+    set(&s, Some(&admin), "canvas.tool", "eraser").await;
+    for (token, expected) in [(&alice, "brush"), (&admin, "eraser")] {
+        assert_eq!(get(&s, Some(token), "canvas.tool").await, json!(expected));
+        let keys = s
+            .get(
+                &format!("{BASE}/get_keys_by_prefix?prefix=canvas"),
+                Some(token),
+            )
+            .await;
+        assert_eq!(keys.body, json!(["canvas.tool"]));
+    }
+    s.post_empty(
+        &format!("{BASE}/delete_by_key?key=canvas.tool"),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(get(&s, Some(&alice), "canvas.tool").await, json!("brush"));
+    let root = s.stop().await;
+
+    // Single-user mode acts as `system`, which sees none of the users' state.
+    let s = TestServer::builder_at(root).start().await;
+    assert_eq!(get(&s, None, "canvas.tool").await, Value::Null);
+    set(&s, None, "canvas.tool", "system value").await;
+    s.post_empty(&format!("{BASE}/delete"), None).await;
+    let root = s.stop().await;
+
+    // Back in multi-user mode, Alice's state is intact.
+    let s = TestServer::builder_at(root).multiuser(true).start().await;
+    let alice = s.login("alice@example.com", "User-Pass-1").await;
+    assert_eq!(get(&s, Some(&alice), "canvas.tool").await, json!("brush"));
+    let r = s
+        .get(
+            &format!("{BASE}/get_keys_by_prefix?prefix=canvas"),
+            Some("not-a-token"),
+        )
+        .await;
+    r.assert_detail(401, "Invalid or expired token");
+    let r = s
+        .get(&format!("{BASE}/get_keys_by_prefix"), Some(&alice))
+        .await;
+    assert_eq!(
+        r.body,
+        json!({"detail": [{"type": "missing", "loc": ["query", "prefix"], "msg": "Field required", "input": null}]})
+    );
+}

@@ -21,5 +21,7 @@ mod images;
 mod isolation;
 mod ownership;
 mod single_user;
+mod style_presets;
 mod throttle_audit;
 mod users_admin;
+mod workflows;

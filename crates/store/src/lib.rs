@@ -19,9 +19,11 @@ mod error;
 mod images;
 mod migrate;
 mod settings;
+mod style_presets;
 mod throttle;
 mod time;
 mod users;
+mod workflows;
 
 pub use audit::{AuditEntry, AuditFilter, AuditPage};
 pub use boards::{BoardChanges, BoardOrder, BoardQuery, BoardRecord, BoardScope};
@@ -29,9 +31,11 @@ pub use content::ReassignCounts;
 pub use error::{Result, StoreError};
 pub use images::{BoardFilter, DayGroup, ImageChanges, ImageQuery, ImageRecord, NewImage};
 pub use migrate::{MigrationReport, MIGRATIONS};
+pub use style_presets::{NewStylePreset, StylePresetRecord};
 pub use throttle::ThrottleScope;
 pub use time::{format_db_time, parse_db_time};
 pub use users::{NewUser, UserUpdate, USER_LIST_CAP};
+pub use workflows::{WorkflowOrder, WorkflowQuery, WorkflowRecord};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,

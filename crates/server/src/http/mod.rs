@@ -21,6 +21,8 @@ pub mod openapi;
 pub mod query;
 pub mod refresh;
 pub mod settings;
+pub mod style_presets;
+pub mod workflows;
 
 use crate::state::AppState;
 use axum::extract::{Request, State};
@@ -43,6 +45,12 @@ pub fn app(state: AppState) -> Router {
         .merge(gallery::routes())
         .merge(content::routes())
         .merge(client_state::routes())
+        .merge(workflows::routes(
+            usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
+        ))
+        .merge(style_presets::routes(
+            usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
+        ))
         .merge(images::routes(
             usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
         ))

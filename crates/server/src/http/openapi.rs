@@ -2,7 +2,10 @@
 //! `/openapi.json` with Swagger UI at `/docs` (assets embedded in the binary: nothing is
 //! fetched at build or run time).
 
-use crate::http::{app, audit, auth, boards, client_state, content, gallery, images, settings};
+use crate::http::{
+    app, audit, auth, boards, client_state, content, gallery, images, settings, style_presets,
+    workflows,
+};
 use crate::state::AppState;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -31,6 +34,11 @@ use utoipa_swagger_ui::SwaggerUi;
         content::reassign,
         client_state::get_by_key, client_state::set_by_key, client_state::get_keys_by_prefix,
         client_state::delete_by_key, client_state::delete_all,
+        workflows::list, workflows::create, workflows::get_workflow, workflows::update, workflows::delete,
+        workflows::set_public, workflows::opened_at, workflows::set_thumbnail, workflows::delete_thumbnail,
+        workflows::get_thumbnail, workflows::tags, workflows::counts_by_tag, workflows::counts_by_category,
+        style_presets::list, style_presets::create, style_presets::get_preset, style_presets::update,
+        style_presets::delete, style_presets::image, style_presets::export, style_presets::import,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -41,6 +49,8 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "images", description = "Images, their files and metadata"),
         (name = "content", description = "Moving content between owners (admins)"),
         (name = "client_state", description = "Per-user UI state"),
+        (name = "workflows", description = "The workflow library, sharing and thumbnails"),
+        (name = "style_presets", description = "Prompt templates"),
     )
 )]
 pub struct ApiDoc;

@@ -8,8 +8,10 @@ pub mod boards;
 pub mod content;
 pub mod downloads;
 pub mod images;
+pub mod style_presets;
 pub mod throttle;
 pub mod users;
+pub mod workflows;
 
 use atelier_domain::audit::Actor;
 use atelier_domain::Identity;
