@@ -55,7 +55,7 @@ pub async fn get_by_key(
         .store
         .get_client_state(&user.identity.user_id, &key)
         .await
-        .map_err(|_| ApiError::internal("Error getting client state"))?;
+        .map_err(|_| ApiError::failed("Error getting client state"))?;
     Ok(Json(value))
 }
 
@@ -114,7 +114,7 @@ pub async fn set_by_key(
         .store
         .set_client_state(&user.identity.user_id, &key, &value)
         .await
-        .map_err(|_| ApiError::internal("Error setting client state"))?;
+        .map_err(|_| ApiError::failed("Error setting client state"))?;
     Ok(Json(value))
 }
 
@@ -133,7 +133,7 @@ pub async fn get_keys_by_prefix(
         .store
         .client_state_keys(&user.identity.user_id, &prefix)
         .await
-        .map_err(|_| ApiError::internal("Error getting client state keys"))?;
+        .map_err(|_| ApiError::failed("Error getting client state keys"))?;
     Ok(Json(keys))
 }
 
@@ -152,7 +152,7 @@ pub async fn delete_by_key(
         .store
         .delete_client_state(&user.identity.user_id, Some(&key))
         .await
-        .map_err(|_| ApiError::internal("Error deleting client state key"))?;
+        .map_err(|_| ApiError::failed("Error deleting client state key"))?;
     Ok(Json(Value::Null))
 }
 
@@ -168,6 +168,6 @@ pub async fn delete_all(
         .store
         .delete_client_state(&user.identity.user_id, None)
         .await
-        .map_err(|_| ApiError::internal("Error deleting client state"))?;
+        .map_err(|_| ApiError::failed("Error deleting client state"))?;
     Ok(Json(Value::Null))
 }

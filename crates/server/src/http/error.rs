@@ -52,6 +52,10 @@ pub enum ApiError {
     TooManyRequests { retry_after_s: u64 },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A handled server-side failure whose message the contract shows clients
+    /// (`Failed to create board`, `Error getting client state`, …); 500.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl ApiError {
@@ -81,6 +85,11 @@ impl ApiError {
         Self::NotFound(detail.to_owned())
     }
 
+    /// A 500 with the contract's message for a failure the route handles (logged as an error).
+    pub fn failed(message: &str) -> Self {
+        Self::Failed(message.to_owned())
+    }
+
     /// Logs `source` and returns a generic 500; use for failures no client input can cause.
     pub fn internal(source: impl std::fmt::Display) -> Self {
         Self::Internal(source.to_string())
@@ -98,7 +107,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) | Self::Validation422Detail(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) | Self::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -116,6 +125,7 @@ impl ApiError {
             Self::Validation(_) | Self::Validation422Detail(_) => "validation_failed",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::Internal(_) => "internal",
+            Self::Failed(_) => "failed",
         }
     }
 
@@ -171,6 +181,10 @@ impl IntoResponse for ApiError {
             Self::Internal(source) => {
                 tracing::error!(error = %source, "request failed");
                 json!({ "detail": self.detail() })
+            }
+            Self::Failed(message) => {
+                tracing::error!(%message, "request failed");
+                json!({ "detail": message })
             }
             other => json!({ "detail": other.detail() }),
         };
@@ -230,6 +244,10 @@ mod tests {
         let (s, _, b) = body_of(ApiError::internal("db exploded at /secret/path")).await;
         assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(b, json!({"detail": "Internal Server Error"}));
+
+        let (s, _, b) = body_of(ApiError::failed("Failed to create board")).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(b, json!({"detail": "Failed to create board"}));
 
         let (s, _, b) = body_of(ApiError::from(atelier_store::StoreError::LastAdmin)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);

@@ -225,7 +225,7 @@ pub async fn by_date(
         .store
         .images_by_day(owner)
         .await
-        .map_err(|_| ApiError::internal("Failed to get virtual boards by date"))?;
+        .map_err(|_| ApiError::failed("Failed to get virtual boards by date"))?;
     Ok(Json(
         days.into_iter()
             .map(|d| VirtualSubBoardDTO {

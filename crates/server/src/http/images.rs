@@ -518,7 +518,7 @@ pub async fn names(
         .store
         .image_names(&query)
         .await
-        .map_err(|_| ApiError::internal("Failed to get image names"))?;
+        .map_err(|_| ApiError::failed("Failed to get image names"))?;
     let total_count = i64::try_from(image_names.len()).unwrap_or(i64::MAX);
     Ok(Json(ImageNamesResult {
         image_names,
@@ -725,7 +725,7 @@ pub async fn delete_batch(
 ) -> Result<Json<Value>, ApiError> {
     let out = service::delete_batch(&state, &user.identity, &names)
         .await
-        .map_err(|_| ApiError::internal("Failed to delete images"))?;
+        .map_err(|_| ApiError::failed("Failed to delete images"))?;
     Ok(batch_json(out, "deleted_images"))
 }
 
@@ -737,7 +737,7 @@ pub async fn delete_uncategorized(
 ) -> Result<Json<Value>, ApiError> {
     let out = service::delete_uncategorized(&state, &user.identity)
         .await
-        .map_err(|_| ApiError::internal("Failed to delete images"))?;
+        .map_err(|_| ApiError::failed("Failed to delete images"))?;
     Ok(batch_json(out, "deleted_images"))
 }
 
@@ -750,7 +750,7 @@ pub async fn star(
 ) -> Result<Json<Value>, ApiError> {
     let out = service::set_starred(&state, &user.identity, &names, true)
         .await
-        .map_err(|_| ApiError::internal("Failed to star images"))?;
+        .map_err(|_| ApiError::failed("Failed to star images"))?;
     Ok(batch_json(out, "starred_images"))
 }
 
@@ -763,7 +763,7 @@ pub async fn unstar(
 ) -> Result<Json<Value>, ApiError> {
     let out = service::set_starred(&state, &user.identity, &names, false)
         .await
-        .map_err(|_| ApiError::internal("Failed to unstar images"))?;
+        .map_err(|_| ApiError::failed("Failed to unstar images"))?;
     Ok(batch_json(out, "unstarred_images"))
 }
 
@@ -834,7 +834,7 @@ pub async fn remove_batch_from_board(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let out = service::remove_batch_from_board(&state, &user.identity, &names)
         .await
-        .map_err(|_| ApiError::internal("Failed to remove images from board"))?;
+        .map_err(|_| ApiError::failed("Failed to remove images from board"))?;
     Ok((StatusCode::CREATED, batch_json(out, "removed_images")))
 }
 

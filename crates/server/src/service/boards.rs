@@ -68,7 +68,7 @@ pub async fn create(state: &AppState, me: &Identity, name: &str) -> Result<Board
         .store
         .insert_board(&me.user_id, name)
         .await
-        .map_err(|_| ApiError::internal("Failed to create board"))
+        .map_err(|_| ApiError::failed("Failed to create board"))
 }
 
 /// How a listing was asked for.
@@ -116,7 +116,7 @@ pub async fn update(
         .store
         .update_board(id, changes)
         .await
-        .map_err(|_| ApiError::internal("Failed to update board"))
+        .map_err(|_| ApiError::failed("Failed to update board"))
 }
 
 /// What deleting a board did.
@@ -154,13 +154,13 @@ pub async fn delete(
             .store
             .delete_board(id)
             .await
-            .map_err(|_| ApiError::internal("Failed to delete board"))?;
+            .map_err(|_| ApiError::failed("Failed to delete board"))?;
     } else {
         result.deleted_board_images = state
             .store
             .delete_board(id)
             .await
-            .map_err(|_| ApiError::internal("Failed to delete board"))?;
+            .map_err(|_| ApiError::failed("Failed to delete board"))?;
     }
     Ok(result)
 }

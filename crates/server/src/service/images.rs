@@ -188,7 +188,7 @@ pub async fn upload(
     };
     save(state, new, &png, &thumb).await.map_err(|e| {
         tracing::error!(error = %e.detail(), "upload failed");
-        ApiError::internal("Failed to create image")
+        ApiError::failed("Failed to create image")
     })
 }
 
@@ -337,7 +337,7 @@ pub async fn delete_one(
             Ok(out)
         }
         Ok(None) => Err(ApiError::not_found("Image not found")),
-        Err(_) => Err(ApiError::internal("Failed to delete image")),
+        Err(_) => Err(ApiError::failed("Failed to delete image")),
     }
 }
 
@@ -450,7 +450,7 @@ pub async fn count_intermediates(state: &AppState, me: &Identity) -> Result<i64,
         .store
         .intermediate_names(owner)
         .await
-        .map_err(|_| ApiError::internal("Failed to get intermediates"))?;
+        .map_err(|_| ApiError::failed("Failed to get intermediates"))?;
     Ok(i64::try_from(names.len()).unwrap_or(i64::MAX))
 }
 
@@ -465,7 +465,7 @@ pub async fn clear_intermediates(state: &AppState, me: &Identity) -> Result<i64,
         .store
         .intermediate_names(None)
         .await
-        .map_err(|_| ApiError::internal("Failed to clear intermediates"))?;
+        .map_err(|_| ApiError::failed("Failed to clear intermediates"))?;
     let out = delete_many(state, &names).await?;
     Ok(i64::try_from(out.deleted.len()).unwrap_or(i64::MAX))
 }
@@ -480,7 +480,7 @@ pub async fn by_names(
         .store
         .images_by_names(names)
         .await
-        .map_err(|_| ApiError::internal("Failed to get image DTOs"))?;
+        .map_err(|_| ApiError::failed("Failed to get image DTOs"))?;
     let mut by_name: std::collections::HashMap<&str, &ImageRecord> =
         records.iter().map(|r| (r.image_name.as_str(), r)).collect();
     let mut out = Vec::with_capacity(names.len());
@@ -518,7 +518,7 @@ pub async fn add_to_board(
         .store
         .add_image_to_board(name, board_id)
         .await
-        .map_err(|_| ApiError::internal("Failed to add image to board"))?;
+        .map_err(|_| ApiError::failed("Failed to add image to board"))?;
     let mut out = BatchOutcome::default();
     out.affected_boards.insert(board_id.to_owned());
     out.affected_boards
@@ -539,7 +539,7 @@ pub async fn remove_from_board(
         None
     };
     let Some(image) = image else {
-        return Err(ApiError::internal("Failed to remove image from board"));
+        return Err(ApiError::failed("Failed to remove image from board"));
     };
     let mut out = BatchOutcome::default();
     if let Some(board_id) = &image.board_id {
@@ -554,7 +554,7 @@ pub async fn remove_from_board(
             .store
             .remove_image_from_board(name)
             .await
-            .map_err(|_| ApiError::internal("Failed to remove image from board"))?;
+            .map_err(|_| ApiError::failed("Failed to remove image from board"))?;
         out.affected_boards.insert(board_id.clone());
     }
     out.affected_boards.insert(NO_BOARD.to_owned());

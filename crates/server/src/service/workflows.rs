@@ -281,7 +281,7 @@ pub async fn set_thumbnail(
     let path = thumbnail_path(state, &record.workflow_id);
     write_file(&path, &webp)
         .await
-        .map_err(|_| ApiError::internal("Workflow thumbnail file cannot be saved"))
+        .map_err(|_| ApiError::failed("Workflow thumbnail file cannot be saved"))
 }
 
 /// Checks that an uploaded part is an image and turns it into a WebP preview (shared by
