@@ -3,11 +3,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod logging;
 pub mod media;
 pub mod passwords;
 pub mod service;
+pub mod socket;
 pub mod state;
 pub mod token;
 pub mod zip;
@@ -75,6 +77,10 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         .await?
         .ok_or(StartError::MissingSecret)?;
     let log = logging::LogControl::detached(logging::level_number(config.log_level()));
+    let multiuser = config.multiuser();
+    let (layer, io) = socketioxide::SocketIo::builder()
+        .req_path("/ws/socket.io")
+        .build_layer();
     let state = AppState {
         runtime: Arc::new(tokio::sync::Mutex::new(config.clone())),
         config: Arc::new(config),
@@ -83,7 +89,11 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         hasher: Hasher::default(),
         log,
         downloads: Default::default(),
+        events: Arc::new(events::SocketBus::new(io.clone(), multiuser)),
+        sockets: io.clone(),
+        socket_layer: state::SocketLayer(layer),
     };
+    socket::register(&io, state.clone());
     service::downloads::clear_stale(&state).await;
     // Start-up recovery: files a crash left without a record.
     match service::images::sweep_orphan_files(&state).await {
@@ -180,12 +190,23 @@ pub fn start(state: AppState, listener: TcpListener) -> Result<RunningServer, St
     })?;
     let (tx, rx) = oneshot::channel::<()>();
     let app = http::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let sweep_state = state.clone();
+    let sweep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(socket::SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            socket::sweep(&sweep_state).await;
+        }
+    });
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = rx.await;
             })
-            .await
+            .await;
+        sweep.abort();
+        served
     });
     Ok(RunningServer {
         addr,

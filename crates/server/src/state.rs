@@ -19,6 +19,22 @@ pub struct AppState {
     pub log: LogControl,
     /// Bulk downloads being built or waiting to be fetched.
     pub downloads: crate::service::downloads::Registry,
+    /// Where services publish events (after their writes commit).
+    pub events: Arc<dyn crate::events::EventBus>,
+    /// The socket.io server, for re-authorizing open connections.
+    pub sockets: socketioxide::SocketIo,
+    /// The socket.io service, mounted by the HTTP router.
+    pub socket_layer: SocketLayer,
+}
+
+/// The socket.io layer (a newtype only so `AppState` can be `Debug`).
+#[derive(Clone)]
+pub struct SocketLayer(pub socketioxide::layer::SocketIoLayer);
+
+impl std::fmt::Debug for SocketLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketLayer")
+    }
 }
 
 impl AppState {

@@ -15,6 +15,7 @@ mod cli;
 mod client_state;
 mod config_precedence;
 mod cors_refresh;
+mod events;
 mod gallery;
 mod guards;
 mod images;

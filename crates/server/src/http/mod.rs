@@ -62,6 +62,7 @@ pub fn app(state: AppState) -> Router {
     // An outer router whose layers run before routing, so the prefix removal takes effect.
     Router::new()
         .fallback_service(api)
+        .layer(state.socket_layer.0.clone())
         .layer(from_fn_with_state(state.clone(), refresh::sliding_refresh))
         .layer(from_fn_with_state(state.clone(), strip_base_url))
         .layer(from_fn_with_state(state, cors::cors))

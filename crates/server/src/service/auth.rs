@@ -243,6 +243,9 @@ pub async fn update_me(
             .detail("display_name");
         audit::record(&state.store, now, event).await;
     }
+    if password_changed {
+        crate::socket::recheck_user(state, &updated.user_id).await;
+    }
     let token = password_changed.then(|| issue_token(state, &updated, caller.remember_me, now));
     Ok((updated, token))
 }

@@ -3,6 +3,7 @@
 //! `<outputs_dir>/bulk_downloads/`; the registry is in memory, so zips left from a previous
 //! run are removed at start-up.
 
+use crate::events::{BulkStage, Event};
 use crate::http::error::ApiError;
 use crate::service::images::{read_full, readable};
 use crate::state::AppState;
@@ -95,6 +96,18 @@ pub async fn start(
     }
     let task_state = state.clone();
     let task_name = item_name.clone();
+    let owner = me.user_id.to_string();
+    let event = move |stage: BulkStage, error: Option<String>| Event::BulkDownload {
+        stage,
+        // The reference uses one id for the download and its item.
+        bulk_download_id: item_id.clone(),
+        item_id: item_id.clone(),
+        item_name: task_name.clone(),
+        user_id: owner.clone(),
+        error,
+    };
+    state.events.publish(event(BulkStage::Started, None));
+    let task_name = item_name.clone();
     tokio::spawn(async move {
         match build(&task_state, &members, &path).await {
             Ok(()) => {
@@ -103,12 +116,16 @@ pub async fn start(
                         entry.ready = true;
                     }
                 }
+                task_state.events.publish(event(BulkStage::Complete, None));
             }
             Err(err) => {
                 tracing::error!(item = %task_name, error = %err.detail(), "bulk download failed");
                 if let Ok(mut registry) = task_state.downloads.lock() {
                     registry.remove(&task_name);
                 }
+                task_state
+                    .events
+                    .publish(event(BulkStage::Error, Some(err.detail())));
             }
         }
     });

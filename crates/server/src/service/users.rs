@@ -190,6 +190,7 @@ pub async fn update(
         }
     }
 
+    crate::socket::recheck_user(state, &updated.user_id).await;
     let token = match admin.caller() {
         Some(caller)
             if update.password_hash.is_some()
@@ -235,6 +236,7 @@ pub async fn delete(
         ));
     }
     let deleted = state.store.delete_user(id).await?;
+    crate::socket::recheck_user(state, &deleted.user_id).await;
     record(
         state,
         admin,

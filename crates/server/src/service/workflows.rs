@@ -8,6 +8,7 @@
 //! [`sync_defaults`]. Thumbnails live at `<workflow_thumbnails_dir>/<workflow_id>.webp`; a
 //! path is only ever built from an id that exists in the database.
 
+use crate::events::Event;
 use crate::http::error::ApiError;
 use crate::media;
 use crate::state::AppState;
@@ -156,10 +157,26 @@ pub async fn create(
     if let Some(map) = doc.as_object_mut() {
         map.insert("id".to_owned(), Value::String(id.clone()));
     }
-    Ok(state
+    let record = state
         .store
         .insert_workflow(&id, &doc.to_string(), &me.user_id, !state.multiuser())
-        .await?)
+        .await?;
+    state.events.publish(Event::WorkflowCreated {
+        workflow_id: record.workflow_id.clone(),
+        user_id: record.user_id.to_string(),
+        is_public: record.is_public,
+    });
+    Ok(record)
+}
+
+/// Publishes `workflow_updated` (or the revocation) for a change from `before` to `after`.
+fn publish_update(state: &AppState, before: &WorkflowRecord, after: &WorkflowRecord) {
+    state.events.publish(Event::WorkflowUpdated {
+        workflow_id: after.workflow_id.clone(),
+        user_id: after.user_id.to_string(),
+        old_is_public: before.is_public,
+        new_is_public: after.is_public,
+    });
 }
 
 /// Replaces the whole document of the workflow named by the body's `id` (the path id is
@@ -182,11 +199,13 @@ pub async fn update(
             "Default workflows cannot be updated via this method",
         ));
     }
-    state
+    let updated = state
         .store
         .update_workflow(&id, &doc.to_string(), None)
         .await?
-        .ok_or_else(|| ApiError::not_found("Workflow not found"))
+        .ok_or_else(|| ApiError::not_found("Workflow not found"))?;
+    publish_update(state, &record, &updated);
+    Ok(updated)
 }
 
 /// Deletes a user workflow and its thumbnail file.
@@ -199,6 +218,11 @@ pub async fn delete(state: &AppState, me: &Identity, id: &str) -> Result<(), Api
     }
     remove_file_if_present(&thumbnail_path(state, &record.workflow_id)).await?;
     state.store.delete_workflow(id).await?;
+    state.events.publish(Event::WorkflowDeleted {
+        workflow_id: record.workflow_id.clone(),
+        user_id: record.user_id.to_string(),
+        is_public: record.is_public,
+    });
     Ok(())
 }
 
@@ -220,11 +244,13 @@ pub async fn set_public(
         let tags = library::retag_for_sharing(tags, is_public);
         map.insert("tags".to_owned(), Value::String(tags));
     }
-    state
+    let updated = state
         .store
         .update_workflow(id, &doc.to_string(), Some(is_public))
         .await?
-        .ok_or_else(|| ApiError::not_found("Workflow not found"))
+        .ok_or_else(|| ApiError::not_found("Workflow not found"))?;
+    publish_update(state, &record, &updated);
+    Ok(updated)
 }
 
 /// Records that the workflow was opened (one global value per workflow).

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod socket;
+
 use atelier_server::config::Config;
 use atelier_server::passwords::Hasher;
 use atelier_server::RunningServer;
