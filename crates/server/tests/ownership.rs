@@ -135,6 +135,25 @@ async fn reassign_moves_everything_in_one_go_and_is_audited() {
     let s = TestServer::single_user().await;
     let legacy_board = board(&s, None, "legacy").await;
     let legacy_image = upload(&s, None).await;
+    let workflow = json!({"name": "wf", "author": "", "description": "", "version": "1.0.0", "contact": "",
+        "tags": "", "notes": "", "exposedFields": [], "meta": {"version": "3.0.0", "category": "user"},
+        "nodes": [], "edges": []});
+    let r = s
+        .post("/api/v1/workflows/", None, &json!({"workflow": workflow}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let preset = r#"{"name": "p", "positive_prompt": "a", "negative_prompt": "b", "type": "user"}"#;
+    let form = reqwest::multipart::Form::new().text("data", preset);
+    let r = Resp::read(
+        s.client
+            .post(s.url("/api/v1/style_presets/"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     let root = s.stop().await;
     let s = TestServer::builder_at(root).multiuser(true).start().await;
     let admin = s.setup_admin().await;
@@ -178,8 +197,9 @@ async fn reassign_moves_everything_in_one_go_and_is_audited() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
-        (r.body["boards"].clone(), r.body["images"].clone()),
-        (json!(1), json!(1))
+        r.body,
+        json!({"boards": 1, "images": 1, "workflows": 1, "style_presets": 1}),
+        "default workflows and presets stay with `system`"
     );
     // The user now owns and controls the legacy content.
     let r = s

@@ -18,6 +18,15 @@ pub struct ReassignCounts {
 /// later migration adds are included once they exist.
 const OWNED_TABLES: [&str; 4] = ["boards", "images", "workflow_library", "style_presets"];
 
+/// Bundled defaults (default workflows and style presets) belong to `system` and never move.
+fn user_content_only(table: &str) -> &'static str {
+    match table {
+        "workflow_library" => " AND COALESCE(category, 'user') <> 'default'",
+        "style_presets" => " AND type <> 'default'",
+        _ => "",
+    }
+}
+
 impl Store {
     /// Gives everything `from` owns to `to`, atomically.
     pub async fn reassign_content(&self, from: &UserId, to: &UserId) -> Result<ReassignCounts> {
@@ -35,7 +44,8 @@ impl Store {
                 continue;
             }
             let done = sqlx::query(&format!(
-                "UPDATE {table} SET user_id = $2 WHERE user_id = $1"
+                "UPDATE {table} SET user_id = $2 WHERE user_id = $1{}",
+                user_content_only(table)
             ))
             .bind(from.as_str())
             .bind(to.as_str())
@@ -67,11 +77,14 @@ impl Store {
             if exists == 0 {
                 continue;
             }
-            let n: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1"))
-                .bind(owner.as_str())
-                .fetch_one(&self.pool)
-                .await?
-                .try_get(0)?;
+            let n: i64 = sqlx::query(&format!(
+                "SELECT COUNT(*) FROM {table} WHERE user_id = $1{}",
+                user_content_only(table)
+            ))
+            .bind(owner.as_str())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
             let n = u64::try_from(n).unwrap_or(0);
             match table {
                 "boards" => counts.boards = n,
