@@ -37,6 +37,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_workflows_state.sql"),
         postgres: include_str!("../migrations/postgres/0003_workflows_state.sql"),
     },
+    Migration {
+        version: 4,
+        name: "session_queue",
+        sqlite: include_str!("../migrations/sqlite/0004_session_queue.sql"),
+        postgres: include_str!("../migrations/postgres/0004_session_queue.sql"),
+    },
 ];
 
 /// What [`Store::migrate`] did.
