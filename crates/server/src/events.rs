@@ -36,6 +36,15 @@ pub enum Event {
         user_id: String,
         error: Option<String>,
     },
+    /// A queue event with its owner: the full payload goes to the owner and admins, the
+    /// redacted `companion` (if any) to the queue room's other subscribers (§7.4).
+    Queue {
+        name: &'static str,
+        queue_id: String,
+        owner: String,
+        payload: Value,
+        companion: Option<Value>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +58,8 @@ pub enum BulkStage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Emit {
     pub rooms: Vec<String>,
+    /// Sockets in these rooms are skipped.
+    pub except: Vec<String>,
     pub name: &'static str,
     pub payload: Value,
 }
@@ -79,6 +90,7 @@ impl Event {
                 user_id,
                 is_public,
             } => vec![Emit {
+                except: Vec::new(),
                 rooms: workflow_rooms(user_id, *is_public),
                 name: "workflow_created",
                 payload: json!({"workflow_id": workflow_id, "user_id": user_id, "is_public": is_public, "timestamp": now}),
@@ -88,6 +100,7 @@ impl Event {
                 user_id,
                 is_public,
             } => vec![Emit {
+                except: Vec::new(),
                 rooms: workflow_rooms(user_id, *is_public),
                 name: "workflow_deleted",
                 payload: json!({"workflow_id": workflow_id, "user_id": user_id, "is_public": is_public, "timestamp": now}),
@@ -105,11 +118,13 @@ impl Event {
                     // learns only that their access ended.
                     vec![
                         Emit {
+                            except: Vec::new(),
                             rooms: workflow_rooms(user_id, false),
                             name: "workflow_updated",
                             payload: updated,
                         },
                         Emit {
+                            except: Vec::new(),
                             rooms: vec![SHARED_WORKFLOWS_ROOM.to_owned()],
                             name: "workflow_access_revoked",
                             payload: json!({"workflow_id": workflow_id, "user_id": user_id, "timestamp": now}),
@@ -117,11 +132,56 @@ impl Event {
                     ]
                 } else {
                     vec![Emit {
+                        except: Vec::new(),
                         rooms: workflow_rooms(user_id, *new_is_public),
                         name: "workflow_updated",
                         payload: updated,
                     }]
                 }
+            }
+            Self::Queue {
+                name,
+                queue_id,
+                owner,
+                payload,
+                companion,
+            } => {
+                let mut payload = payload.clone();
+                payload["timestamp"] = json!(now);
+                if owner.is_empty() {
+                    // No identity: everyone subscribed to the queue hears it.
+                    return vec![Emit {
+                        except: Vec::new(),
+                        rooms: vec![queue_id.clone()],
+                        name,
+                        payload,
+                    }];
+                }
+                if !multiuser {
+                    return vec![Emit {
+                        except: Vec::new(),
+                        rooms: vec![ADMIN_ROOM.to_owned()],
+                        name,
+                        payload,
+                    }];
+                }
+                let mut emits = vec![Emit {
+                    except: Vec::new(),
+                    rooms: vec![user_room(owner), ADMIN_ROOM.to_owned()],
+                    name,
+                    payload,
+                }];
+                if let Some(companion) = companion {
+                    let mut companion = companion.clone();
+                    companion["timestamp"] = json!(now);
+                    emits.push(Emit {
+                        except: vec![user_room(owner), ADMIN_ROOM.to_owned()],
+                        rooms: vec![queue_id.clone()],
+                        name,
+                        payload: companion,
+                    });
+                }
+                emits
             }
             Self::BulkDownload {
                 stage,
@@ -143,6 +203,7 @@ impl Event {
                 }
                 if user_id == atelier_domain::SYSTEM_USER_ID {
                     vec![Emit {
+                        except: Vec::new(),
                         rooms: vec![bulk_download_id.clone()],
                         name,
                         payload,
@@ -151,11 +212,13 @@ impl Event {
                     // Two emits, as the reference does: a socket in both rooms hears it twice.
                     vec![
                         Emit {
+                            except: Vec::new(),
                             rooms: vec![user_room(user_id)],
                             name,
                             payload: payload.clone(),
                         },
                         Emit {
+                            except: Vec::new(),
                             rooms: vec![ADMIN_ROOM.to_owned()],
                             name,
                             payload,
@@ -201,6 +264,7 @@ impl EventBus for SocketBus {
             for emit in emits {
                 if let Err(err) = io
                     .to(emit.rooms.clone())
+                    .except(emit.except.clone())
                     .emit(emit.name, &emit.payload)
                     .await
                 {

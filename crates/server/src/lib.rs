@@ -92,8 +92,18 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         events: Arc::new(events::SocketBus::new(io.clone(), multiuser)),
         sockets: io.clone(),
         socket_layer: state::SocketLayer(layer),
+        processor: Default::default(),
     };
     socket::register(&io, state.clone());
+    // Start-up recovery: work a crash interrupted cannot resume (queue-and-events.md §1.4).
+    match state.store.cancel_interrupted_items().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            canceled = n,
+            "canceled queue items interrupted by the last shutdown"
+        ),
+        Err(err) => tracing::warn!(error = %err, "could not reset interrupted queue items"),
+    }
     service::downloads::clear_stale(&state).await;
     // Start-up recovery: files a crash left without a record.
     match service::images::sweep_orphan_files(&state).await {

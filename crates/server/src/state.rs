@@ -23,6 +23,8 @@ pub struct AppState {
     pub events: Arc<dyn crate::events::EventBus>,
     /// The socket.io server, for re-authorizing open connections.
     pub sockets: socketioxide::SocketIo,
+    /// The queue processor's switches.
+    pub processor: Arc<crate::service::queue::ProcessorState>,
     /// The socket.io service, mounted by the HTTP router.
     pub socket_layer: SocketLayer,
 }

@@ -21,6 +21,7 @@ mod guards;
 mod images;
 mod isolation;
 mod ownership;
+mod queue;
 mod single_user;
 mod style_presets;
 mod throttle_audit;

@@ -32,7 +32,9 @@ pub use content::ReassignCounts;
 pub use error::{Result, StoreError};
 pub use images::{BoardFilter, DayGroup, ImageChanges, ImageQuery, ImageRecord, NewImage};
 pub use migrate::{MigrationReport, MIGRATIONS};
-pub use queue::{DequeueMode, Enqueued, NewBatch, NewQueueItem, QueueRow};
+pub use queue::{
+    DequeueMode, Enqueued, NewBatch, NewQueueItem, QueueRow, QueueScope, StatusCounts,
+};
 pub use style_presets::{NewStylePreset, StylePresetRecord};
 pub use throttle::ThrottleScope;
 pub use time::{format_db_time, parse_db_time};

@@ -268,6 +268,164 @@ impl Store {
     }
 }
 
+/// Items per status; every status is always present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub pending: i64,
+    pub in_progress: i64,
+    pub waiting: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub canceled: i64,
+}
+
+impl StatusCounts {
+    pub fn total(&self) -> i64 {
+        self.pending
+            + self.in_progress
+            + self.waiting
+            + self.completed
+            + self.failed
+            + self.canceled
+    }
+
+    fn add(&mut self, status: &str, n: i64) {
+        match status {
+            "pending" => self.pending += n,
+            "in_progress" => self.in_progress += n,
+            "waiting" => self.waiting += n,
+            "completed" => self.completed += n,
+            "failed" => self.failed += n,
+            "canceled" => self.canceled += n,
+            _ => {}
+        }
+    }
+}
+
+/// Which rows a count or bulk operation covers. `None` fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct QueueScope {
+    pub queue_id: Option<String>,
+    pub user_id: Option<UserId>,
+    pub batch_id: Option<String>,
+    pub destination: Option<String>,
+}
+
+impl QueueScope {
+    fn clause(&self) -> (String, Vec<String>) {
+        let mut conds = Vec::new();
+        let mut args = Vec::new();
+        let mut push = |col: &str, value: &str, conds: &mut Vec<String>| {
+            args.push(value.to_owned());
+            conds.push(format!("{col} = ${}", args.len()));
+        };
+        if let Some(q) = &self.queue_id {
+            push("queue_id", q, &mut conds);
+        }
+        if let Some(u) = &self.user_id {
+            push("user_id", u.as_str(), &mut conds);
+        }
+        if let Some(b) = &self.batch_id {
+            push("batch_id", b, &mut conds);
+        }
+        if let Some(d) = &self.destination {
+            push("destination", d, &mut conds);
+        }
+        let sql = if conds.is_empty() {
+            "WHERE 1 = 1".to_owned()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        (sql, args)
+    }
+}
+
+impl Store {
+    /// Counts per status in `scope`.
+    pub async fn queue_counts(&self, scope: &QueueScope) -> Result<StatusCounts> {
+        let (clause, args) = scope.clause();
+        let sql = format!("SELECT status, COUNT(*) FROM session_queue {clause} GROUP BY status");
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        let mut counts = StatusCounts::default();
+        for row in q.fetch_all(&self.pool).await? {
+            counts.add(&row.try_get::<String, _>(0)?, row.try_get(1)?);
+        }
+        Ok(counts)
+    }
+
+    /// Rows of `scope` in queue order (priority, then age).
+    pub async fn list_queue(&self, scope: &QueueScope) -> Result<Vec<QueueRow>> {
+        let (clause, args) = scope.clause();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM session_queue {clause} ORDER BY priority DESC, item_id ASC"
+        );
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(from_row)
+            .collect()
+    }
+
+    /// Ids of a batch's items, newest first.
+    pub async fn batch_item_ids(&self, batch_id: &str) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT item_id FROM session_queue WHERE batch_id = $1 ORDER BY item_id DESC",
+        )
+        .bind(batch_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Some in-progress item of the queue.
+    pub async fn current_queue_item(&self, queue_id: &str) -> Result<Option<QueueRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM session_queue WHERE queue_id = $1 AND status = 'in_progress' ORDER BY item_id LIMIT 1"
+        ))
+        .bind(queue_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Deletes the terminal rows of `scope`; returns how many.
+    pub async fn prune_queue(&self, scope: &QueueScope) -> Result<u64> {
+        let (clause, args) = scope.clause();
+        let sql = format!(
+            "DELETE FROM session_queue {clause} AND status IN ('completed', 'failed', 'canceled')"
+        );
+        let mut tx = self.begin_write().await?;
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        let done = q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes every row of `scope`, whatever its status; returns how many.
+    pub async fn clear_queue(&self, scope: &QueueScope) -> Result<u64> {
+        let (clause, args) = scope.clause();
+        let sql = format!("DELETE FROM session_queue {clause}");
+        let mut tx = self.begin_write().await?;
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        let done = q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ pub mod gallery;
 pub mod images;
 pub mod openapi;
 pub mod query;
+pub mod queue;
 pub mod refresh;
 pub mod settings;
 pub mod style_presets;
@@ -45,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .merge(gallery::routes())
         .merge(content::routes())
         .merge(client_state::routes())
+        .merge(queue::routes())
         .merge(workflows::routes(
             usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
         ))

@@ -3,8 +3,8 @@
 //! fetched at build or run time).
 
 use crate::http::{
-    app, audit, auth, boards, client_state, content, gallery, images, settings, style_presets,
-    workflows,
+    app, audit, auth, boards, client_state, content, gallery, images, queue, settings,
+    style_presets, workflows,
 };
 use crate::state::AppState;
 use axum::Router;
@@ -32,6 +32,9 @@ use utoipa_swagger_ui::SwaggerUi;
         gallery::items, gallery::item_names, gallery::item_names_deprecated, gallery::by_date,
         gallery::date_image_names, gallery::date_item_names,
         content::reassign,
+        queue::enqueue_batch, queue::list_all, queue::item_ids, queue::status, queue::current, queue::next,
+        queue::batch_status, queue::counts_by_destination, queue::get_item, queue::cancel, queue::pause,
+        queue::resume, queue::prune, queue::clear,
         client_state::get_by_key, client_state::set_by_key, client_state::get_keys_by_prefix,
         client_state::delete_by_key, client_state::delete_all,
         workflows::list, workflows::create, workflows::get_workflow, workflows::update, workflows::delete,
@@ -48,6 +51,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "boards", description = "Boards and their visibility"),
         (name = "images", description = "Images, their files and metadata"),
         (name = "content", description = "Moving content between owners (admins)"),
+        (name = "queue", description = "The session queue"),
         (name = "client_state", description = "Per-user UI state"),
         (name = "workflows", description = "The workflow library, sharing and thumbnails"),
         (name = "style_presets", description = "Prompt templates"),
