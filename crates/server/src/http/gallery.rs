@@ -95,17 +95,8 @@ pub async fn items(
     user: CurrentUser,
     query: RawQuery,
 ) -> Result<Json<OffsetPaginatedGalleryItems>, ApiError> {
-    let mut q = QueryFields::new(&query);
-    let filters = image_filters(&mut q, "origin");
-    let offset = q.optional_int("offset", Some(0), None);
-    let limit = q.optional_int("limit", Some(0), Some(1000));
-    q.finish()?;
-    let (Some(filters), Some(offset), Some(limit)) = (filters, offset, limit) else {
-        return Err(ApiError::internal("query validation inconsistency"));
-    };
-    let (offset, limit) = (offset.unwrap_or(0), limit.unwrap_or(10));
-    let query = image_query(&state, &user, filters).await?;
-    let (records, total) = state.store.list_images(&query, offset, limit).await?;
+    let (records, total, offset, limit) =
+        crate::http::images::image_page(&state, &user, &query, "origin").await?;
     Ok(Json(OffsetPaginatedGalleryItems {
         limit,
         offset,

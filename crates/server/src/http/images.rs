@@ -468,6 +468,28 @@ pub(crate) async fn image_query(
     })
 }
 
+/// One page of images for the §7.2 filters plus `offset` (≥ 0, default 0) and `limit`
+/// (0–1000, default 10): the rows, the true total, and the offset and limit used.
+pub(crate) async fn image_page(
+    state: &AppState,
+    user: &CurrentUser,
+    query: &RawQuery,
+    origin_key: &str,
+) -> Result<(Vec<ImageRecord>, i64, i64, i64), ApiError> {
+    let mut q = QueryFields::new(query);
+    let filters = image_filters(&mut q, origin_key);
+    let offset = q.optional_int("offset", Some(0), None);
+    let limit = q.optional_int("limit", Some(0), Some(1000));
+    q.finish()?;
+    let (Some(filters), Some(offset), Some(limit)) = (filters, offset, limit) else {
+        return Err(ApiError::internal("query validation inconsistency"));
+    };
+    let (offset, limit) = (offset.unwrap_or(0), limit.unwrap_or(10));
+    let image_query = image_query(state, user, filters).await?;
+    let (rows, total) = state.store.list_images(&image_query, offset, limit).await?;
+    Ok((rows, total, offset, limit))
+}
+
 /// Lists images, newest first, starred first by default.
 #[utoipa::path(get, path = "/api/v1/images/", tag = "images",
     params(("image_origin" = Option<String>, Query), ("categories" = Option<Vec<String>>, Query), ("is_intermediate" = Option<bool>, Query),
@@ -479,17 +501,7 @@ pub async fn list(
     user: CurrentUser,
     query: RawQuery,
 ) -> Result<Json<OffsetPaginatedImages>, ApiError> {
-    let mut q = QueryFields::new(&query);
-    let filters = image_filters(&mut q, "image_origin");
-    let offset = q.optional_int("offset", Some(0), None);
-    let limit = q.optional_int("limit", Some(0), Some(1000));
-    q.finish()?;
-    let (Some(filters), Some(offset), Some(limit)) = (filters, offset, limit) else {
-        return Err(ApiError::internal("query validation inconsistency"));
-    };
-    let (offset, limit) = (offset.unwrap_or(0), limit.unwrap_or(10));
-    let query = image_query(&state, &user, filters).await?;
-    let (items, total) = state.store.list_images(&query, offset, limit).await?;
+    let (items, total, offset, limit) = image_page(&state, &user, &query, "image_origin").await?;
     Ok(Json(OffsetPaginatedImages {
         limit,
         offset,
