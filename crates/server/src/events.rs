@@ -45,6 +45,15 @@ pub enum Event {
         payload: Value,
         companion: Option<Value>,
     },
+    /// `queue_items_canceled` / `queue_items_retried`: each owner hears only their own ids,
+    /// admins hear everything, other subscribers hear that something happened (§7.4).
+    QueueItemsByUser {
+        name: &'static str,
+        /// `canceled` or `retried`: names the payload's keys.
+        verb: &'static str,
+        queue_id: String,
+        by_user: std::collections::BTreeMap<String, Vec<i64>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +190,55 @@ impl Event {
                         payload: companion,
                     });
                 }
+                emits
+            }
+            Self::QueueItemsByUser {
+                name,
+                verb,
+                queue_id,
+                by_user,
+            } => {
+                let ids_key = format!("{verb}_item_ids");
+                let map_key = format!("{verb}_item_ids_by_user");
+                let payload = |ids: Vec<i64>, users: Vec<&String>, map: Value| {
+                    let mut p = json!({"queue_id": queue_id, "user_ids": users, "timestamp": now});
+                    p[&ids_key] = json!(ids);
+                    p[&map_key] = map;
+                    p
+                };
+                let all_ids: Vec<i64> = by_user.values().flatten().copied().collect();
+                let full = payload(all_ids, by_user.keys().collect(), json!(by_user));
+                if !multiuser {
+                    return vec![Emit {
+                        except: Vec::new(),
+                        rooms: vec![ADMIN_ROOM.to_owned()],
+                        name,
+                        payload: full,
+                    }];
+                }
+                let mut emits: Vec<Emit> = by_user
+                    .iter()
+                    .map(|(owner, ids)| Emit {
+                        except: vec![ADMIN_ROOM.to_owned()],
+                        rooms: vec![user_room(owner)],
+                        name,
+                        payload: payload(ids.clone(), vec![owner], json!({ owner.as_str(): ids })),
+                    })
+                    .collect();
+                emits.push(Emit {
+                    except: Vec::new(),
+                    rooms: vec![ADMIN_ROOM.to_owned()],
+                    name,
+                    payload: full,
+                });
+                let mut except: Vec<String> = by_user.keys().map(|o| user_room(o)).collect();
+                except.push(ADMIN_ROOM.to_owned());
+                emits.push(Emit {
+                    except,
+                    rooms: vec![queue_id.clone()],
+                    name,
+                    payload: payload(Vec::new(), Vec::new(), json!({})),
+                });
                 emits
             }
             Self::BulkDownload {

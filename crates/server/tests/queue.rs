@@ -335,3 +335,228 @@ async fn batch_enqueued_reaches_the_owner_in_full_and_others_redacted() {
     );
     assert_eq!(companion["enqueued"], 1);
 }
+
+#[tokio::test]
+async fn by_ids_bulk_cancels_deletes_and_retries() {
+    let s = TestServer::multiuser().await;
+    let admin = s.setup_admin().await;
+    let (alice_id, alice) = s.user_with_token(&admin, "alice@example.com").await;
+    let (_, bob) = s.user_with_token(&admin, "bob@example.com").await;
+    let a = enqueue(
+        &s,
+        Some(&alice),
+        json!({"graph": graph(), "runs": 3, "destination": "canvas"}),
+        false,
+    )
+    .await;
+    let a_batch = a.body["batch"]["batch_id"].as_str().unwrap().to_owned();
+    let a_ids: Vec<i64> = a.body["item_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let b = enqueue(&s, Some(&bob), json!({"graph": graph(), "runs": 2}), false).await;
+    let b_ids: Vec<i64> = b.body["item_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+
+    // By ids: request order, unknown ids skipped, others redacted; summaries carry only the summary keys.
+    let r = s
+        .post(
+            &format!("{Q}/items_by_ids"),
+            Some(&bob),
+            &json!({"item_ids": [b_ids[0], 999, a_ids[0]]}),
+        )
+        .await;
+    let got: Vec<i64> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, [b_ids[0], a_ids[0]]);
+    assert_eq!(r.body[1]["user_id"], "redacted");
+    let r = s
+        .post(
+            &format!("{Q}/item_summaries_by_ids"),
+            Some(&alice),
+            &json!({"item_ids": [a_ids[0]]}),
+        )
+        .await;
+    assert_eq!(r.body[0].as_object().unwrap().len(), 14);
+    assert_eq!(r.body[0]["user_id"], json!(alice_id));
+    let many: Vec<i64> = (0..1001).collect();
+    assert_eq!(
+        s.post(
+            &format!("{Q}/items_by_ids"),
+            Some(&bob),
+            &json!({"item_ids": many})
+        )
+        .await
+        .status,
+        422
+    );
+
+    // Bulk cancels are scoped: Bob cannot touch Alice's batch.
+    let r = s
+        .send(
+            Method::PUT,
+            &format!("{Q}/cancel_by_batch_ids"),
+            Some(&bob),
+            Some(&json!({"batch_ids": [a_batch]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.body, json!({"canceled": 0}));
+    let r = s
+        .send(
+            Method::PUT,
+            &format!("{Q}/cancel_by_destination?destination=canvas"),
+            Some(&alice),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.body, json!({"canceled": 3}));
+    let r = s
+        .send(
+            Method::PUT,
+            &format!("{Q}/cancel_all_except_current"),
+            Some(&alice),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        r.body,
+        json!({"canceled": 0}),
+        "nothing of Alice's is still waiting"
+    );
+
+    // Retry: only the owner (or an admin), new rows for the same owner; answers the old ids.
+    let retry = format!("{Q}/retry_items_by_id");
+    s.send(
+        Method::PUT,
+        &retry,
+        Some(&bob),
+        Some(&json!([a_ids[0]])),
+        &[],
+    )
+    .await
+    .assert_detail(
+        403,
+        &format!(
+            "You do not have permission to retry queue item {}",
+            a_ids[0]
+        ),
+    );
+    let r = s
+        .send(
+            Method::PUT,
+            &retry,
+            Some(&alice),
+            Some(&json!([a_ids[0], a_ids[0], 999])),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        r.body,
+        json!({"queue_id": "default", "retried_item_ids": [a_ids[0]]})
+    );
+    let r = s
+        .send(
+            Method::PUT,
+            &retry,
+            Some(&admin),
+            Some(&json!({"not": "a list"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let all = s.get(&format!("{Q}/list_all"), Some(&admin)).await;
+    let retried: Vec<&Value> = all
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["retried_from_item_id"] == json!(a_ids[0]))
+        .collect();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(
+        (retried[0]["status"].clone(), retried[0]["user_id"].clone()),
+        (json!("pending"), json!(alice_id))
+    );
+
+    // Deleting: owner or admin; a pending item is canceled then removed.
+    let path = format!("{Q}/i/{}", b_ids[0]);
+    s.delete(&path, Some(&alice))
+        .await
+        .assert_detail(403, "You do not have permission to delete this queue item");
+    let r = s.delete(&path, Some(&bob)).await;
+    assert_eq!((r.status, r.body.clone()), (200, Value::Null));
+    s.get(&path, Some(&bob)).await.assert_detail(
+        404,
+        &format!("Queue item with id {} not found in queue default", b_ids[0]),
+    );
+    let r = s
+        .send(
+            Method::PUT,
+            &format!("{Q}/delete_all_except_current"),
+            Some(&bob),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.body, json!({"deleted": 1}));
+    let r = s.delete(&format!("{Q}/d/canvas"), Some(&admin)).await;
+    assert_eq!(
+        r.body,
+        json!({"deleted": 4}),
+        "Alice's three canceled and one retried canvas items"
+    );
+}
+
+#[tokio::test]
+async fn bulk_cancel_events_are_grouped_by_owner() {
+    let s = TestServer::multiuser().await;
+    let admin = s.setup_admin().await;
+    let (alice_id, alice) = s.user_with_token(&admin, "alice@example.com").await;
+    let (mut a, _) = SocketClient::connect(&s.base, Some(json!({"token": alice})), None).await;
+    let (mut adm, _) = SocketClient::connect(&s.base, Some(json!({"token": admin})), None).await;
+    let r = enqueue(
+        &s,
+        Some(&alice),
+        json!({"graph": graph(), "runs": 2}),
+        false,
+    )
+    .await;
+    assert_eq!(a.next_event().await.unwrap().0, "batch_enqueued");
+    assert_eq!(adm.next_event().await.unwrap().0, "batch_enqueued");
+    s.send(
+        Method::PUT,
+        &format!("{Q}/cancel_all_except_current"),
+        Some(&admin),
+        None,
+        &[],
+    )
+    .await;
+    let (name, payload) = a.next_event().await.unwrap();
+    assert_eq!(name, "queue_items_canceled");
+    let mut ids: Vec<i64> = r.body["item_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(payload["canceled_item_ids"], json!(ids));
+    assert_eq!(payload["user_ids"], json!([alice_id]));
+    assert_eq!(payload["canceled_item_ids_by_user"][&alice_id], json!(ids));
+    let (name, _) = adm.next_event().await.unwrap();
+    assert_eq!(name, "queue_items_canceled");
+}

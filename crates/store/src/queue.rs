@@ -426,6 +426,115 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Rows for `ids` in request order; unknown ids (or rows of another queue) are skipped.
+    pub async fn queue_items_by_ids(&self, queue_id: &str, ids: &[i64]) -> Result<Vec<QueueRow>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = self
+                .get_queue_item(*id)
+                .await?
+                .filter(|r| r.queue_id == queue_id)
+            {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Cancels, in one statement, the pending and waiting rows of `scope` (optionally only
+    /// those of `batch_ids`). Returns `(item_id, user_id)` of each.
+    pub async fn cancel_pending(
+        &self,
+        scope: &QueueScope,
+        batch_ids: Option<&[String]>,
+    ) -> Result<Vec<(i64, String)>> {
+        let (clause, mut args) = scope.clause();
+        let mut sql = format!(
+            "UPDATE session_queue SET status = 'canceled', status_sequence = status_sequence + 1
+             {clause} AND status IN ('pending', 'waiting')"
+        );
+        if let Some(batch_ids) = batch_ids {
+            if batch_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let start = args.len();
+            let marks: Vec<String> = (0..batch_ids.len())
+                .map(|i| format!("${}", start + i + 1))
+                .collect();
+            sql.push_str(&format!(" AND batch_id IN ({})", marks.join(", ")));
+            args.extend(batch_ids.iter().cloned());
+        }
+        sql.push_str(" RETURNING item_id, user_id");
+        let mut tx = self.begin_write().await?;
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        let rows = q.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Deletes the rows with these ids.
+    pub async fn delete_queue_items(&self, ids: &[i64]) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let mut n = 0;
+        for id in ids {
+            n += sqlx::query("DELETE FROM session_queue WHERE item_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// A new pending row running `root`'s original graph again, for the same owner.
+    pub async fn retry_queue_item(
+        &self,
+        root: &QueueRow,
+        session_id: &str,
+        session: &str,
+    ) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO session_queue (queue_id, session_id, batch_id, priority, origin, destination,
+                user_id, field_values, session, workflow, retried_from_item_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING item_id",
+        )
+        .bind(&root.queue_id)
+        .bind(session_id)
+        .bind(&root.batch_id)
+        .bind(root.priority)
+        .bind(&root.origin)
+        .bind(&root.destination)
+        .bind(root.user_id.as_str())
+        .bind(&root.field_values)
+        .bind(session)
+        .bind(&root.workflow)
+        .bind(root.retried_from_item_id.unwrap_or(root.item_id))
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// How many rows are pending (for the capacity of retries).
+    pub async fn pending_count(&self) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM session_queue WHERE status = 'pending'")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

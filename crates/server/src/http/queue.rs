@@ -31,12 +31,44 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/queue/{queue_id}/counts_by_destination",
             get(counts_by_destination),
         )
-        .route("/api/v1/queue/{queue_id}/i/{item_id}", get(get_item))
+        .route(
+            "/api/v1/queue/{queue_id}/i/{item_id}",
+            get(get_item).delete(delete_item),
+        )
         .route("/api/v1/queue/{queue_id}/i/{item_id}/cancel", put(cancel))
         .route("/api/v1/queue/{queue_id}/processor/pause", put(pause))
         .route("/api/v1/queue/{queue_id}/processor/resume", put(resume))
         .route("/api/v1/queue/{queue_id}/prune", put(prune))
         .route("/api/v1/queue/{queue_id}/clear", put(clear))
+        .route("/api/v1/queue/{queue_id}/items_by_ids", post(items_by_ids))
+        .route(
+            "/api/v1/queue/{queue_id}/item_summaries_by_ids",
+            post(item_summaries_by_ids),
+        )
+        .route(
+            "/api/v1/queue/{queue_id}/cancel_by_batch_ids",
+            put(cancel_by_batch_ids),
+        )
+        .route(
+            "/api/v1/queue/{queue_id}/cancel_by_destination",
+            put(cancel_by_destination),
+        )
+        .route(
+            "/api/v1/queue/{queue_id}/cancel_all_except_current",
+            put(cancel_all_except_current),
+        )
+        .route(
+            "/api/v1/queue/{queue_id}/delete_all_except_current",
+            put(delete_all_except_current),
+        )
+        .route(
+            "/api/v1/queue/{queue_id}/retry_items_by_id",
+            put(retry_items_by_id),
+        )
+        .route(
+            "/api/v1/queue/{queue_id}/d/{destination}",
+            axum::routing::delete(delete_by_destination),
+        )
 }
 
 /// `{"batch": Batch, "prepend": bool = false}`.
@@ -326,4 +358,245 @@ pub async fn clear(
 ) -> Result<Json<Value>, ApiError> {
     let deleted = service::clear(&state, &user.identity, &queue_id).await?;
     Ok(Json(json!({"deleted": deleted})))
+}
+
+/// `{"item_ids": [int]}` (at most 1000).
+pub struct ItemIdsBody(Vec<i64>);
+
+fn int_list(f: &mut Fields<'_>, value: Option<Value>, loc: Vec<Value>) -> Option<Vec<i64>> {
+    match value {
+        Some(Value::Array(items)) if items.len() <= 1000 => {
+            let ids: Option<Vec<i64>> = items.iter().map(Value::as_i64).collect();
+            if ids.is_none() {
+                f.push_issue(
+                    "int_type",
+                    loc,
+                    "Input should be a list of valid integers",
+                    Value::Array(items),
+                    None,
+                );
+            }
+            ids
+        }
+        Some(Value::Array(items)) => {
+            let n = items.len();
+            f.push_issue(
+                "too_long",
+                loc,
+                &format!("List should have at most 1000 items after validation, not {n}"),
+                Value::Array(items),
+                Some(json!({"field_type": "List", "max_length": 1000, "actual_length": n})),
+            );
+            None
+        }
+        Some(other) => {
+            f.push_issue(
+                "list_type",
+                loc,
+                "Input should be a valid list",
+                other,
+                None,
+            );
+            None
+        }
+        None => {
+            let whole = f.whole().clone();
+            f.push_issue("missing", loc, "Field required", whole, None);
+            None
+        }
+    }
+}
+
+impl FromBody for ItemIdsBody {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        let value = f.raw("item_ids").cloned();
+        int_list(f, value, vec![json!("body"), json!("item_ids")]).map(ItemIdsBody)
+    }
+}
+
+/// `{"batch_ids": [str]}`.
+pub struct BatchIdsBody(Vec<String>);
+
+impl FromBody for BatchIdsBody {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        f.required_str_list("batch_ids", 10_000, 255)
+            .map(BatchIdsBody)
+    }
+}
+
+async fn visible_rows(
+    state: &AppState,
+    user: &CurrentUser,
+    queue_id: &str,
+    ids: &[i64],
+) -> Result<Vec<Value>, ApiError> {
+    let rows = state.store.queue_items_by_ids(queue_id, ids).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(service::visible(state, &user.identity, row).await);
+    }
+    Ok(out)
+}
+
+/// Items by id, in request order (others' redacted; unknown ids skipped).
+#[utoipa::path(post, path = "/api/v1/queue/{queue_id}/items_by_ids", tag = "queue", params(("queue_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401), (status = 422)))]
+pub async fn items_by_ids(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(queue_id): Path<String>,
+    Body(ItemIdsBody(ids)): Body<ItemIdsBody>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let items = visible_rows(&state, &user, &queue_id, &ids)
+        .await
+        .map_err(|_| ApiError::failed("Failed to get queue items"))?;
+    Ok(Json(items))
+}
+
+/// Item summaries by id, in request order.
+#[utoipa::path(post, path = "/api/v1/queue/{queue_id}/item_summaries_by_ids", tag = "queue", params(("queue_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401), (status = 422)))]
+pub async fn item_summaries_by_ids(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(queue_id): Path<String>,
+    Body(ItemIdsBody(ids)): Body<ItemIdsBody>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let items = visible_rows(&state, &user, &queue_id, &ids)
+        .await
+        .map_err(|_| ApiError::failed("Failed to get queue item summaries"))?;
+    Ok(Json(items.iter().map(service::summary).collect()))
+}
+
+/// Cancels the caller's (any, for admins) unfinished items of these batches.
+#[utoipa::path(put, path = "/api/v1/queue/{queue_id}/cancel_by_batch_ids", tag = "queue", params(("queue_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401), (status = 422)))]
+pub async fn cancel_by_batch_ids(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(queue_id): Path<String>,
+    Body(BatchIdsBody(ids)): Body<BatchIdsBody>,
+) -> Result<Json<Value>, ApiError> {
+    let n = service::cancel_matching(&state, &user.identity, &queue_id, Some(&ids), None).await?;
+    Ok(Json(json!({"canceled": n})))
+}
+
+/// Cancels the caller's (any, for admins) unfinished items with this destination.
+#[utoipa::path(put, path = "/api/v1/queue/{queue_id}/cancel_by_destination", tag = "queue", params(("queue_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401), (status = 422)))]
+pub async fn cancel_by_destination(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(queue_id): Path<String>,
+    query: RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let mut q = QueryFields::new(&query);
+    let destination = q.required_str("destination", None);
+    q.finish()?;
+    let n = service::cancel_matching(&state, &user.identity, &queue_id, None, destination).await?;
+    Ok(Json(json!({"canceled": n})))
+}
+
+/// Cancels every waiting item in scope; running ones continue.
+#[utoipa::path(put, path = "/api/v1/queue/{queue_id}/cancel_all_except_current", tag = "queue", params(("queue_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401)))]
+pub async fn cancel_all_except_current(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(queue_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let n = service::cancel_all_except_current(&state, &user.identity, &queue_id).await?;
+    Ok(Json(json!({"canceled": n})))
+}
+
+/// Deletes every waiting item in scope; running ones continue.
+#[utoipa::path(put, path = "/api/v1/queue/{queue_id}/delete_all_except_current", tag = "queue", params(("queue_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401)))]
+pub async fn delete_all_except_current(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(queue_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let n = service::delete_all_except_current(&state, &user.identity, &queue_id).await?;
+    Ok(Json(json!({"deleted": n})))
+}
+
+/// Runs failed or canceled items again (body: a bare JSON array of ids).
+#[utoipa::path(put, path = "/api/v1/queue/{queue_id}/retry_items_by_id", tag = "queue", params(("queue_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401), (status = 403), (status = 404), (status = 422)))]
+pub async fn retry_items_by_id(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(queue_id): Path<String>,
+    request: axum::extract::Request,
+) -> Result<Json<Value>, ApiError> {
+    let parsed = request
+        .extensions()
+        .get::<crate::http::body::ParsedBody>()
+        .cloned();
+    let ids: Vec<i64> = match parsed {
+        Some(crate::http::body::ParsedBody::Json(Value::Array(items)))
+            if items.iter().all(Value::is_i64) =>
+        {
+            items.iter().filter_map(Value::as_i64).collect()
+        }
+        Some(crate::http::body::ParsedBody::Json(Value::Null))
+        | Some(crate::http::body::ParsedBody::Empty)
+        | None => {
+            return Err(ApiError::Validation(vec![
+                crate::http::error::ValidationIssue {
+                    kind: "missing",
+                    loc: vec![json!("body")],
+                    msg: "Field required".to_owned(),
+                    input: Value::Null,
+                    ctx: None,
+                },
+            ]))
+        }
+        Some(other) => {
+            let input = match other {
+                crate::http::body::ParsedBody::Json(v) => v,
+                crate::http::body::ParsedBody::Text(t) => Value::String(t),
+                crate::http::body::ParsedBody::Empty => Value::Null,
+            };
+            return Err(ApiError::Validation(vec![
+                crate::http::error::ValidationIssue {
+                    kind: "list_type",
+                    loc: vec![json!("body")],
+                    msg: "Input should be a valid list of integers".to_owned(),
+                    input,
+                    ctx: None,
+                },
+            ]));
+        }
+    };
+    let retried = service::retry(&state, &user.identity, &queue_id, &ids).await?;
+    Ok(Json(
+        json!({"queue_id": queue_id, "retried_item_ids": retried}),
+    ))
+}
+
+/// Deletes an item (its owner or an admin), cancelling it first if it is still live.
+#[utoipa::path(delete, path = "/api/v1/queue/{queue_id}/i/{item_id}", tag = "queue",
+    params(("queue_id" = String, Path), ("item_id" = i64, Path)), responses((status = 200, body = Option<String>), (status = 401), (status = 403), (status = 404)))]
+pub async fn delete_item(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((queue_id, item_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let item_id = parse_item_id(&item_id)?;
+    service::delete_item(&state, &user.identity, &queue_id, item_id).await?;
+    Ok(Json(Value::Null))
+}
+
+/// Deletes every item in scope with this destination, cancelling running ones first.
+#[utoipa::path(delete, path = "/api/v1/queue/{queue_id}/d/{destination}", tag = "queue",
+    params(("queue_id" = String, Path), ("destination" = String, Path)), responses((status = 200, body = Object), (status = 401)))]
+pub async fn delete_by_destination(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((queue_id, destination)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let n = service::delete_by_destination(&state, &user.identity, &queue_id, &destination).await?;
+    Ok(Json(json!({"deleted": n})))
 }

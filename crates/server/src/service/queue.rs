@@ -562,3 +562,246 @@ pub async fn clear(state: &AppState, me: &Identity, queue_id: &str) -> Result<u6
     }
     Ok(deleted)
 }
+
+/// Groups `(item_id, user_id)` pairs by owner.
+fn by_user(pairs: &[(i64, String)]) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let mut map: std::collections::BTreeMap<String, Vec<i64>> = std::collections::BTreeMap::new();
+    for (id, user) in pairs {
+        map.entry(user.clone()).or_default().push(*id);
+    }
+    map
+}
+
+fn publish_canceled(state: &AppState, queue_id: &str, pairs: &[(i64, String)]) {
+    if pairs.is_empty() {
+        return;
+    }
+    state.events.publish(Event::QueueItemsByUser {
+        name: "queue_items_canceled",
+        verb: "canceled",
+        queue_id: queue_id.to_owned(),
+        by_user: by_user(pairs),
+    });
+}
+
+/// Cancels one running row (guarded) and announces it; `true` if it changed.
+async fn cancel_running(state: &AppState, row: &QueueRow) -> Result<bool, ApiError> {
+    match state
+        .store
+        .set_queue_status(row.item_id, QueueItemStatus::Canceled, None)
+        .await?
+    {
+        Some(updated) => {
+            publish_status(state, &updated).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// `PUT /cancel_by_batch_ids` and `PUT /cancel_by_destination`: pending and waiting rows in
+/// one statement (one grouped event), running rows one by one (status events).
+pub async fn cancel_matching(
+    state: &AppState,
+    me: &Identity,
+    queue_id: &str,
+    batch_ids: Option<&[String]>,
+    destination: Option<String>,
+) -> Result<usize, ApiError> {
+    let mut scope = scope_for(me, queue_id);
+    scope.destination = destination;
+    let pending = state.store.cancel_pending(&scope, batch_ids).await?;
+    publish_canceled(state, queue_id, &pending);
+    let mut canceled = pending.len();
+    for row in state.store.list_queue(&scope).await? {
+        let in_batch = batch_ids.is_none_or(|ids| ids.contains(&row.batch_id));
+        if row.status == QueueItemStatus::InProgress
+            && in_batch
+            && cancel_running(state, &row).await?
+        {
+            canceled += 1;
+        }
+    }
+    Ok(canceled)
+}
+
+/// `PUT /cancel_all_except_current`: the caller's (everyone's, for admins) pending and waiting
+/// rows; running ones are left alone.
+pub async fn cancel_all_except_current(
+    state: &AppState,
+    me: &Identity,
+    queue_id: &str,
+) -> Result<usize, ApiError> {
+    let pending = state
+        .store
+        .cancel_pending(&scope_for(me, queue_id), None)
+        .await?;
+    publish_canceled(state, queue_id, &pending);
+    Ok(pending.len())
+}
+
+/// `PUT /delete_all_except_current`: deletes the same selection.
+pub async fn delete_all_except_current(
+    state: &AppState,
+    me: &Identity,
+    queue_id: &str,
+) -> Result<u64, ApiError> {
+    let rows = state.store.list_queue(&scope_for(me, queue_id)).await?;
+    let doomed: Vec<(i64, String)> = rows
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.status,
+                QueueItemStatus::Pending | QueueItemStatus::Waiting
+            )
+        })
+        .map(|r| (r.item_id, r.user_id.to_string()))
+        .collect();
+    let ids: Vec<i64> = doomed.iter().map(|(id, _)| *id).collect();
+    let deleted = state.store.delete_queue_items(&ids).await?;
+    publish_canceled(state, queue_id, &doomed);
+    Ok(deleted)
+}
+
+/// `DELETE /i/{item_id}`: the owner or an admin; a live item is canceled first.
+pub async fn delete_item(
+    state: &AppState,
+    me: &Identity,
+    queue_id: &str,
+    item_id: i64,
+) -> Result<(), ApiError> {
+    let row = get(state, queue_id, item_id).await?;
+    if !me.owns_or_admin(&row.user_id) {
+        return Err(ApiError::forbidden(
+            "You do not have permission to delete this queue item",
+        ));
+    }
+    if !row.status.is_terminal() {
+        cancel_running(state, &row).await?;
+    }
+    state
+        .store
+        .delete_queue_items(&[item_id])
+        .await
+        .map_err(|_| ApiError::failed("Unexpected error while deleting queue item"))?;
+    Ok(())
+}
+
+/// `DELETE /d/{destination}`: cancels running matches one by one, then deletes every row in
+/// scope with that destination.
+pub async fn delete_by_destination(
+    state: &AppState,
+    me: &Identity,
+    queue_id: &str,
+    destination: &str,
+) -> Result<u64, ApiError> {
+    let mut scope = scope_for(me, queue_id);
+    scope.destination = Some(destination.to_owned());
+    let rows = state.store.list_queue(&scope).await?;
+    let mut individually = Vec::new();
+    for row in &rows {
+        if row.status == QueueItemStatus::InProgress && cancel_running(state, row).await? {
+            individually.push(row.item_id);
+        }
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.item_id).collect();
+    let deleted = state.store.delete_queue_items(&ids).await?;
+    let announced: Vec<(i64, String)> = rows
+        .iter()
+        .filter(|r| !individually.contains(&r.item_id))
+        .map(|r| (r.item_id, r.user_id.to_string()))
+        .collect();
+    publish_canceled(state, queue_id, &announced);
+    Ok(deleted)
+}
+
+/// `PUT /retry_items_by_id`: every id is authorized first (one refusal rejects the request);
+/// failed and canceled items run again as new rows of the same owner (§5.4).
+pub async fn retry(
+    state: &AppState,
+    me: &Identity,
+    queue_id: &str,
+    ids: &[i64],
+) -> Result<Vec<i64>, ApiError> {
+    let mut roots = Vec::new();
+    for id in ids {
+        let Some(row) = state.store.get_queue_item(*id).await? else {
+            continue;
+        };
+        if row.queue_id != queue_id {
+            return Err(not_found(*id, queue_id));
+        }
+        if !me.owns_or_admin(&row.user_id) {
+            return Err(ApiError::forbidden(&format!(
+                "You do not have permission to retry queue item {id}"
+            )));
+        }
+        if matches!(
+            row.status,
+            QueueItemStatus::Failed | QueueItemStatus::Canceled
+        ) && !roots.iter().any(|r: &QueueRow| r.item_id == row.item_id)
+        {
+            roots.push(row);
+        }
+    }
+    let room = state.config.max_queue_size() - state.store.pending_count().await?;
+    if room <= 0 {
+        return Ok(Vec::new());
+    }
+    let mut retried = Vec::new();
+    let mut pairs = Vec::new();
+    for root in roots.into_iter().take(usize::try_from(room).unwrap_or(0)) {
+        let graph = serde_json::from_str::<Value>(&root.session)
+            .ok()
+            .and_then(|s| s.get("graph").cloned())
+            .unwrap_or(Value::Null);
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let session = new_session(&session_id, &graph).to_string();
+        state
+            .store
+            .retry_queue_item(&root, &session_id, &session)
+            .await
+            .map_err(|_| ApiError::failed("Unexpected error while retrying queue items"))?;
+        pairs.push((root.item_id, root.user_id.to_string()));
+        retried.push(root.item_id);
+    }
+    if !pairs.is_empty() {
+        state.events.publish(Event::QueueItemsByUser {
+            name: "queue_items_retried",
+            verb: "retried",
+            queue_id: queue_id.to_owned(),
+            by_user: by_user(&pairs),
+        });
+    }
+    Ok(retried)
+}
+
+/// The `SessionQueueItemSummary` of an item (already redacted as needed).
+pub fn summary(item: &Value) -> Value {
+    let keys = [
+        "item_id",
+        "created_at",
+        "status",
+        "device",
+        "started_at",
+        "completed_at",
+        "origin",
+        "destination",
+        "batch_id",
+        "user_id",
+        "user_display_name",
+        "user_email",
+        "field_values",
+        "parent_item_id",
+    ];
+    Value::Object(
+        keys.iter()
+            .map(|k| {
+                (
+                    (*k).to_owned(),
+                    item.get(*k).cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect(),
+    )
+}
