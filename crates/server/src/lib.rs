@@ -104,6 +104,7 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         ),
         Err(err) => tracing::warn!(error = %err, "could not reset interrupted queue items"),
     }
+    prune_queue_at_start_up(&state).await;
     service::downloads::clear_stale(&state).await;
     // Start-up recovery: files a crash left without a record.
     match service::images::sweep_orphan_files(&state).await {
@@ -122,6 +123,33 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         .await
         .map_err(|e| StartError::Defaults(e.to_string()))?;
     Ok(state)
+}
+
+/// `clear_queue_on_startup` and `max_queue_history` (queue-and-events.md §5.5), after the
+/// interrupted items were reset.
+async fn prune_queue_at_start_up(state: &AppState) {
+    use serde_json::Value;
+    let config = &state.config;
+    let outcome = if config
+        .get("clear_queue_on_startup")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        let scope = atelier_store::QueueScope {
+            queue_id: Some("default".to_owned()),
+            ..Default::default()
+        };
+        state.store.clear_queue(&scope).await
+    } else if let Some(keep) = config.get("max_queue_history").and_then(Value::as_i64) {
+        state.store.prune_history(keep).await
+    } else {
+        return;
+    };
+    match outcome {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "pruned the queue history"),
+        Err(err) => tracing::warn!(error = %err, "could not prune the queue history"),
+    }
 }
 
 /// Binds `host:port`. When the port is taken, tries the next ones (as the reference does) and

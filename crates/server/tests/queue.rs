@@ -560,3 +560,41 @@ async fn bulk_cancel_events_are_grouped_by_owner() {
     let (name, _) = adm.next_event().await.unwrap();
     assert_eq!(name, "queue_items_canceled");
 }
+
+#[tokio::test]
+async fn history_is_pruned_and_the_queue_cleared_at_start_up_when_configured() {
+    let s = TestServer::single_user().await;
+    let r = enqueue(&s, None, json!({"graph": graph(), "runs": 4}), false).await;
+    let ids: Vec<i64> = r.body["item_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    for id in &ids[..3] {
+        s.send(Method::PUT, &format!("{Q}/i/{id}/cancel"), None, None, &[])
+            .await;
+    }
+    let root = s.stop().await;
+    let s = TestServer::builder_at(root)
+        .set("max_queue_history", json!(1))
+        .start()
+        .await;
+    let st = s.get(&format!("{Q}/status"), None).await;
+    assert_eq!(
+        (
+            st.body["queue"]["canceled"].clone(),
+            st.body["queue"]["pending"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    let root = s.stop().await;
+    let s = TestServer::builder_at(root)
+        .set("clear_queue_on_startup", json!(true))
+        .start()
+        .await;
+    assert_eq!(
+        s.get(&format!("{Q}/status"), None).await.body["queue"]["total"],
+        0
+    );
+}

@@ -524,6 +524,25 @@ impl Store {
         Ok(id)
     }
 
+    /// Keeps only the `keep` most recent finished rows (§5.5); pending and running rows are
+    /// never pruned. Returns how many were deleted.
+    pub async fn prune_history(&self, keep: i64) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "DELETE FROM session_queue WHERE status IN ('completed', 'failed', 'canceled')
+               AND item_id NOT IN (
+                 SELECT item_id FROM session_queue
+                 WHERE status IN ('completed', 'failed', 'canceled')
+                 ORDER BY COALESCE(completed_at, updated_at, created_at) DESC, item_id DESC
+                 LIMIT $1)",
+        )
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     /// How many rows are pending (for the capacity of retries).
     pub async fn pending_count(&self) -> Result<i64> {
         Ok(
@@ -669,5 +688,15 @@ mod tests {
         assert_eq!(store.cancel_interrupted_items().await.unwrap(), 1);
         let item = store.get_queue_item(next.item_id).await.unwrap().unwrap();
         assert_eq!(item.status, QueueItemStatus::Canceled);
+        // History pruning keeps the newest finished rows and never touches pending ones.
+        let pending_before = store.pending_count().await.unwrap();
+        assert_eq!(store.prune_history(1).await.unwrap(), 1);
+        assert!(
+            store.get_queue_item(next.item_id).await.unwrap().is_some(),
+            "the newest finished row stays"
+        );
+        assert!(store.get_queue_item(first[0]).await.unwrap().is_none());
+        assert_eq!(store.pending_count().await.unwrap(), pending_before);
+        assert_eq!(store.prune_history(0).await.unwrap(), 1);
     }
 }
