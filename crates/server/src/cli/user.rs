@@ -78,6 +78,9 @@ pub async fn run(command: UserCommand, root: RootArgs) -> ExitCode {
         Err(message) => {
             if json {
                 eprintln!("{}", serde_json::json!({ "error": message }));
+            } else if matches!(&command, UserCommand::List(_)) {
+                // invoke-userlist reports every failure this way (auth.md §10).
+                println!("Error listing users: {message}");
             } else {
                 println!("❌ Unexpected error: {message}");
             }
