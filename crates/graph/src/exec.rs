@@ -183,6 +183,11 @@ impl Session {
         self.results.get(&first.exec_id)
     }
 
+    /// The output of one execution node, with its `type`.
+    pub fn result_of_exec(&self, exec_id: &str) -> Option<&Value> {
+        self.results.get(exec_id)
+    }
+
     /// The session JSON (generation.md §3.4).
     pub fn to_json(&self) -> Value {
         json!({

@@ -45,6 +45,12 @@ pub enum Event {
         payload: Value,
         companion: Option<Value>,
     },
+    /// An event for the queue item's owner alone (`invocation_progress`, §7.4).
+    ToOwner {
+        name: &'static str,
+        owner: String,
+        payload: Value,
+    },
     /// `queue_items_canceled` / `queue_items_retried`: each owner hears only their own ids,
     /// admins hear everything, other subscribers hear that something happened (§7.4).
     QueueItemsByUser {
@@ -191,6 +197,25 @@ impl Event {
                     });
                 }
                 emits
+            }
+            Self::ToOwner {
+                name,
+                owner,
+                payload,
+            } => {
+                let mut payload = payload.clone();
+                payload["timestamp"] = json!(now);
+                let room = if multiuser {
+                    user_room(owner)
+                } else {
+                    ADMIN_ROOM.to_owned()
+                };
+                vec![Emit {
+                    except: Vec::new(),
+                    rooms: vec![room],
+                    name,
+                    payload,
+                }]
             }
             Self::QueueItemsByUser {
                 name,

@@ -96,11 +96,11 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
     };
     socket::register(&io, state.clone());
     // Start-up recovery: work a crash interrupted cannot resume (queue-and-events.md §1.4).
-    match state.store.cancel_interrupted_items().await {
+    match state.store.fail_interrupted_items().await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
-            canceled = n,
-            "canceled queue items interrupted by the last shutdown"
+            failed = n,
+            "failed queue items interrupted by the last shutdown"
         ),
         Err(err) => tracing::warn!(error = %err, "could not reset interrupted queue items"),
     }
@@ -235,8 +235,10 @@ pub fn start(state: AppState, listener: TcpListener) -> Result<RunningServer, St
         loop {
             tick.tick().await;
             socket::sweep(&sweep_state).await;
+            service::worker::recheck_running(&sweep_state).await;
         }
     });
+    let worker = service::worker::spawn(state.clone());
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -244,6 +246,7 @@ pub fn start(state: AppState, listener: TcpListener) -> Result<RunningServer, St
             })
             .await;
         sweep.abort();
+        worker.stop();
         served
     });
     Ok(RunningServer {

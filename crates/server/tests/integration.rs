@@ -26,4 +26,5 @@ mod single_user;
 mod style_presets;
 mod throttle_audit;
 mod users_admin;
+mod worker;
 mod workflows;

@@ -25,6 +25,7 @@ async fn enqueue(s: &TestServer, token: Option<&str>, batch: Value, prepend: boo
 #[tokio::test]
 async fn enqueue_expands_batches_and_respects_capacity() {
     let s = TestServer::builder()
+        .paused()
         .set("max_queue_size", json!(5))
         .start()
         .await;
@@ -87,13 +88,14 @@ async fn enqueue_expands_batches_and_respects_capacity() {
     );
     assert_eq!(
         status.body["processor"],
-        json!({"is_started": true, "is_processing": false})
+        json!({"is_started": false, "is_processing": false}),
+        "this server was started paused"
     );
 }
 
 #[tokio::test]
 async fn bad_batches_are_422() {
-    let s = TestServer::single_user().await;
+    let s = TestServer::builder().paused().start().await;
     let r = enqueue(&s, None, json!({"runs": 1}), false).await;
     assert_eq!(
         (r.status, r.body["detail"][0]["loc"].clone()),
@@ -128,7 +130,7 @@ async fn bad_batches_are_422() {
 
 #[tokio::test]
 async fn other_users_items_are_redacted_and_theirs_to_cancel() {
-    let s = TestServer::multiuser().await;
+    let s = TestServer::builder().multiuser(true).paused().start().await;
     let admin = s.setup_admin().await;
     let (alice_id, alice) = s.user_with_token(&admin, "alice@example.com").await;
     let (_, bob) = s.user_with_token(&admin, "bob@example.com").await;
@@ -227,7 +229,7 @@ async fn other_users_items_are_redacted_and_theirs_to_cancel() {
 
 #[tokio::test]
 async fn clear_is_scoped_and_pause_is_for_admins() {
-    let s = TestServer::multiuser().await;
+    let s = TestServer::builder().multiuser(true).paused().start().await;
     let admin = s.setup_admin().await;
     let (_, alice) = s.user_with_token(&admin, "alice@example.com").await;
     let (_, bob) = s.user_with_token(&admin, "bob@example.com").await;
@@ -293,7 +295,7 @@ async fn clear_is_scoped_and_pause_is_for_admins() {
 
 #[tokio::test]
 async fn batch_enqueued_reaches_the_owner_in_full_and_others_redacted() {
-    let s = TestServer::multiuser().await;
+    let s = TestServer::builder().multiuser(true).paused().start().await;
     let admin = s.setup_admin().await;
     let (alice_id, alice) = s.user_with_token(&admin, "alice@example.com").await;
     let (_, bob) = s.user_with_token(&admin, "bob@example.com").await;
@@ -338,7 +340,7 @@ async fn batch_enqueued_reaches_the_owner_in_full_and_others_redacted() {
 
 #[tokio::test]
 async fn by_ids_bulk_cancels_deletes_and_retries() {
-    let s = TestServer::multiuser().await;
+    let s = TestServer::builder().multiuser(true).paused().start().await;
     let admin = s.setup_admin().await;
     let (alice_id, alice) = s.user_with_token(&admin, "alice@example.com").await;
     let (_, bob) = s.user_with_token(&admin, "bob@example.com").await;
@@ -523,7 +525,7 @@ async fn by_ids_bulk_cancels_deletes_and_retries() {
 
 #[tokio::test]
 async fn bulk_cancel_events_are_grouped_by_owner() {
-    let s = TestServer::multiuser().await;
+    let s = TestServer::builder().multiuser(true).paused().start().await;
     let admin = s.setup_admin().await;
     let (alice_id, alice) = s.user_with_token(&admin, "alice@example.com").await;
     let (mut a, _) = SocketClient::connect(&s.base, Some(json!({"token": alice})), None).await;
@@ -563,7 +565,7 @@ async fn bulk_cancel_events_are_grouped_by_owner() {
 
 #[tokio::test]
 async fn history_is_pruned_and_the_queue_cleared_at_start_up_when_configured() {
-    let s = TestServer::single_user().await;
+    let s = TestServer::builder().paused().start().await;
     let r = enqueue(&s, None, json!({"graph": graph(), "runs": 4}), false).await;
     let ids: Vec<i64> = r.body["item_ids"]
         .as_array()
@@ -578,6 +580,7 @@ async fn history_is_pruned_and_the_queue_cleared_at_start_up_when_configured() {
     let root = s.stop().await;
     let s = TestServer::builder_at(root)
         .set("max_queue_history", json!(1))
+        .paused()
         .start()
         .await;
     let st = s.get(&format!("{Q}/status"), None).await;

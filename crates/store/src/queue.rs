@@ -253,18 +253,40 @@ impl Store {
         self.get_queue_item(item_id).await
     }
 
-    /// At start-up: items a crash left running or waiting are canceled (no events).
-    /// Returns how many.
-    pub async fn cancel_interrupted_items(&self) -> Result<u64> {
+    /// At start-up: items a crash left running are failed with an explanation, and waiting
+    /// ones canceled (no events: nobody is connected yet). Returns how many changed.
+    pub async fn fail_interrupted_items(&self) -> Result<u64> {
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
+        let failed = sqlx::query(
+            "UPDATE session_queue SET status = 'failed', status_sequence = status_sequence + 1,
+                error_type = 'ServerInterruptedError',
+                error_message = 'The server stopped while this item was running. Retry it to run it again.',
+                error_traceback = 'ServerInterruptedError: the server stopped while this item was running'
+             WHERE status = 'in_progress'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let canceled = sqlx::query(
             "UPDATE session_queue SET status = 'canceled', status_sequence = status_sequence + 1
-             WHERE status IN ('in_progress', 'waiting')",
+             WHERE status = 'waiting'",
         )
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(done.rows_affected())
+        Ok(failed.rows_affected() + canceled.rows_affected())
+    }
+
+    /// Stores the session JSON of a running item (after every node). A row deleted meanwhile
+    /// is not an error.
+    pub async fn set_queue_session(&self, item_id: i64, session: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE session_queue SET session = $2 WHERE item_id = $1")
+            .bind(item_id)
+            .bind(session)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@ pub mod queue;
 pub mod style_presets;
 pub mod throttle;
 pub mod users;
+pub mod worker;
 pub mod workflows;
 
 use atelier_domain::audit::Actor;

@@ -1,6 +1,6 @@
 //! The session queue's use cases (queue-and-events.md §2–5): enqueueing batches, reading items
 //! with redaction for other users, status counts, cancelling, pruning, clearing, and the
-//! processor's pause switch. Running items is the worker's (not built yet: items stay pending).
+//! processor's pause switch. Running items is the worker's (`service::worker`).
 
 use crate::events::Event;
 use crate::http::error::{ApiError, ValidationIssue};
@@ -10,21 +10,77 @@ use atelier_domain::Identity;
 use atelier_store::{NewBatch, NewQueueItem, QueueRow, QueueScope, StatusCounts};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-/// The processor's switches. Not persisted: a server always starts resumed.
+/// The processor's switches and the item it is running. Not persisted: a server always starts
+/// resumed.
 #[derive(Debug, Default)]
 pub struct ProcessorState {
     paused: AtomicBool,
     processing: AtomicBool,
+    /// Wakes the worker early: enqueue, resume, cancel of the running item.
+    wake: tokio::sync::Notify,
+    current: std::sync::Mutex<Option<Running>>,
+}
+
+/// The item the worker is running: its id, owner and cancel flag.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub item_id: i64,
+    pub user_id: atelier_domain::UserId,
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl ProcessorState {
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::SeqCst);
+        if !paused {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     pub fn status(&self) -> Value {
         json!({"is_started": !self.paused.load(Ordering::SeqCst), "is_processing": self.processing.load(Ordering::SeqCst)})
+    }
+
+    /// Wakes the worker (new work, or a state it waits on changed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits for [`Self::wake`] or `timeout`, whichever comes first.
+    pub async fn wait(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records the item the worker starts (with a fresh flag, so a stale cancel cannot
+    /// reach it), or clears it.
+    pub fn set_running(&self, running: Option<Running>) {
+        self.processing.store(running.is_some(), Ordering::SeqCst);
+        *self.lock() = running;
+    }
+
+    pub fn running(&self) -> Option<Running> {
+        self.lock().clone()
+    }
+
+    /// Signals the worker to stop `item_id` if it is the running item. Call after the row
+    /// was written (the worker trusts the row, §6.3).
+    pub fn signal_cancel(&self, item_id: i64) {
+        if let Some(running) = self.lock().as_ref().filter(|r| r.item_id == item_id) {
+            running.cancel.store(true, Ordering::SeqCst);
+        }
+        self.wake.notify_one();
     }
 }
 
@@ -143,9 +199,69 @@ pub fn validate_batch(batch: &Value, prepend: bool) -> Result<EnqueueRequest, Ap
     if !issues.is_empty() {
         return Err(ApiError::Validation(issues));
     }
+    // The graph itself (generation.md §4): node schemas, edges, cycles, types.
+    let parsed = atelier_graph::validate_graph(&graph).map_err(|graph_issues| {
+        ApiError::Validation(
+            graph_issues
+                .into_iter()
+                .map(|gi| {
+                    let mut loc = vec![json!("body"), json!("batch"), json!("graph")];
+                    loc.extend(gi.loc);
+                    ValidationIssue {
+                        kind: gi.kind,
+                        loc,
+                        msg: gi.msg,
+                        input: gi.input,
+                        ctx: None,
+                    }
+                })
+                .collect(),
+        )
+    })?;
+    // Substituted fields must exist on their nodes, and every value must suit its field
+    // (a deviation: the reference checks values only when the item runs).
+    if let Some(data) = &data {
+        for datum in data.iter().flatten() {
+            let spec = parsed.spec(&datum.node_path);
+            let known = ["id", "type", "is_intermediate", "use_cache"]
+                .contains(&datum.field_name.as_str())
+                || spec.is_some_and(|s| s.input(&datum.field_name).is_some());
+            if !known {
+                issues.push(issue(
+                    &["data"],
+                    "value_error",
+                    &format!(
+                        "Value error, Field {} not found in node {}",
+                        datum.field_name, datum.node_path
+                    ),
+                    json!(datum.field_name),
+                ));
+                continue;
+            }
+            if let Some(input) = spec.and_then(|s| s.input(&datum.field_name)) {
+                for (i, item) in datum.items.iter().enumerate() {
+                    if let Err(e) = input.check(item) {
+                        issues.push(issue(
+                            &["data"],
+                            "value_error",
+                            &format!(
+                                "Value error, Item {i} for {}.{} is invalid: {}",
+                                datum.node_path, datum.field_name, e.msg
+                            ),
+                            item.clone(),
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if !issues.is_empty() {
+        return Err(ApiError::Validation(issues));
+    }
     Ok(EnqueueRequest {
         batch: batch.clone(),
-        graph,
+        graph: parsed.to_json(),
         data,
         runs,
         prepend,
@@ -193,7 +309,13 @@ pub async fn enqueue(
         .map(|values| {
             let mut graph = req.graph.clone();
             for v in &values {
-                graph["nodes"][&v.node_path][&v.field_name] = v.value.clone();
+                let checked = graph["nodes"][&v.node_path]["type"]
+                    .as_str()
+                    .and_then(atelier_graph::find)
+                    .and_then(|spec| spec.input(&v.field_name))
+                    .and_then(|input| input.check(&v.value).ok())
+                    .unwrap_or_else(|| v.value.clone());
+                graph["nodes"][&v.node_path][&v.field_name] = checked;
             }
             let session_id = uuid::Uuid::new_v4().to_string();
             NewQueueItem {
@@ -235,6 +357,7 @@ pub async fn enqueue(
         payload: full,
         companion: Some(companion),
     });
+    state.processor.wake();
     Ok(
         json!({"queue_id": queue_id, "enqueued": enqueued, "requested": requested, "batch": batch,
         "priority": out.priority, "item_ids": item_ids}),
@@ -437,7 +560,10 @@ pub async fn batch_status(
 }
 
 /// Publishes `queue_item_status_changed` for a row, with its owner-centred statuses.
-async fn publish_status(state: &AppState, row: &QueueRow) -> Result<(), ApiError> {
+pub async fn publish_status(state: &AppState, row: &QueueRow) -> Result<(), ApiError> {
+    if row.status.is_terminal() {
+        state.processor.signal_cancel(row.item_id);
+    }
     let batch_status = batch_status(state, &row.queue_id, &row.batch_id, None).await?;
     let queue_status = queue_status(state, &row.user_id, false, &row.queue_id).await?;
     let full = json!({
@@ -772,6 +898,7 @@ pub async fn retry(
             queue_id: queue_id.to_owned(),
             by_user: by_user(&pairs),
         });
+        state.processor.wake();
     }
     Ok(retried)
 }

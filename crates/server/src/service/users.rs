@@ -191,6 +191,7 @@ pub async fn update(
     }
 
     crate::socket::recheck_user(state, &updated.user_id).await;
+    crate::service::worker::recheck_running(state).await;
     let token = match admin.caller() {
         Some(caller)
             if update.password_hash.is_some()
@@ -237,6 +238,7 @@ pub async fn delete(
     }
     let deleted = state.store.delete_user(id).await?;
     crate::socket::recheck_user(state, &deleted.user_id).await;
+    crate::service::worker::recheck_running(state).await;
     record(
         state,
         admin,

@@ -86,6 +86,7 @@ pub struct Builder {
     root: TempDir,
     config: Config,
     cost: u32,
+    paused: bool,
 }
 
 impl Builder {
@@ -111,11 +112,18 @@ impl Builder {
         self
     }
 
+    /// Starts with the queue processor paused, so enqueued items stay pending.
+    pub fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+
     pub async fn start(self) -> TestServer {
         let mut state = atelier_server::build_state(self.config)
             .await
             .expect("state");
         state.hasher = Hasher::new(self.cost);
+        state.processor.set_paused(self.paused);
         let listener = atelier_server::bind("127.0.0.1", 0).await.expect("bind");
         let running = atelier_server::start(state, listener).expect("start");
         TestServer {
@@ -139,6 +147,7 @@ impl TestServer {
             root,
             config,
             cost: TEST_COST,
+            paused: false,
         }
     }
 
@@ -157,6 +166,7 @@ impl TestServer {
             root,
             config,
             cost: TEST_COST,
+            paused: false,
         }
     }
 
