@@ -306,6 +306,19 @@ async fn the_openapi_document_is_public_and_lists_the_auth_api() {
         );
     }
     assert!(r.body["components"]["schemas"]["UserDTO"].is_object());
+    // The node catalogue: one schema per invocation, its output, and the graph's node union.
+    let schemas = &r.body["components"]["schemas"];
+    let resize = &schemas["ImgResizeInvocation"];
+    assert_eq!(resize["class"], "invocation");
+    assert_eq!(resize["properties"]["type"]["default"], "img_resize");
+    assert_eq!(resize["properties"]["resample_mode"]["default"], "bicubic");
+    assert_eq!(resize["output"]["$ref"], "#/components/schemas/ImageOutput");
+    assert_eq!(schemas["ImageOutput"]["class"], "output");
+    assert_eq!(
+        schemas["Graph"]["properties"]["nodes"]["additionalProperties"]["discriminator"]["mapping"]
+            ["core_metadata"],
+        "#/components/schemas/CoreMetadataInvocation"
+    );
     // Public in single-user mode too, and with garbage credentials.
     let s = TestServer::single_user().await;
     assert_eq!(s.get("/openapi.json", Some("garbage")).await.status, 200);

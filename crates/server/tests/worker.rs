@@ -648,3 +648,145 @@ async fn a_deactivated_owners_work_is_canceled() {
         "completed"
     );
 }
+
+/// A real `atelier serve` process over `root`, killed (SIGKILL) when dropped.
+struct Process {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_server(root: &std::path::Path) -> Process {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(["serve", "--root", root.to_str().unwrap(), "--port", "0"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", root)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server listening");
+    Process {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+#[tokio::test]
+async fn an_item_interrupted_by_a_crash_is_failed_at_restart_and_the_queue_goes_on() {
+    let root = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let item_of = |base: &str, id: i64| format!("{base}{Q}/i/{id}");
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let server = spawn_server(root.path());
+    let r: Value = http
+        .post(format!("{}{Q}/enqueue_batch", server.base))
+        .json(&json!({"batch": {"graph": long_graph(3000)}, "prepend": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let running = r["item_ids"][0].as_i64().unwrap();
+    // A second item waits behind it.
+    let r: Value = http
+        .post(format!("{}{Q}/enqueue_batch", server.base))
+        .json(&json!({"batch": {"graph": math_graph()}, "prepend": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let waiting = r["item_ids"][0].as_i64().unwrap();
+    let mut seen = false;
+    for _ in 0..600 {
+        if get(item_of(&server.base, running)).await["status"] == "in_progress" {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen, "the long item started");
+    drop(server); // SIGKILL mid-item.
+
+    let server = spawn_server(root.path());
+    let item = get(item_of(&server.base, running)).await;
+    assert_eq!(item["status"], "failed", "{item}");
+    assert_eq!(item["error_type"], "ServerInterruptedError");
+    assert!(item["error_message"]
+        .as_str()
+        .unwrap()
+        .contains("server stopped"));
+    // The queue continues with the item that was waiting.
+    let mut status = Value::Null;
+    for _ in 0..600 {
+        status = get(item_of(&server.base, waiting)).await["status"].clone();
+        if status == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "completed");
+}
+
+#[tokio::test]
+async fn finished_history_is_pruned_to_max_queue_history() {
+    let s = TestServer::builder()
+        .set("max_queue_history", json!(2))
+        .start()
+        .await;
+    let mut last = 0;
+    for _ in 0..4 {
+        last = run_graph(&s, None, math_graph()).await;
+        wait_status(&s, None, last, DONE).await;
+    }
+    // Pruning follows each item; give the last one a moment.
+    let mut total = Value::Null;
+    for _ in 0..100 {
+        total = s.get(&format!("{Q}/status"), None).await.body["queue"]["total"].clone();
+        if total == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(total, 2);
+    assert_eq!(
+        s.get(&format!("{Q}/i/{last}"), None).await.status,
+        200,
+        "the newest finished item is kept"
+    );
+}

@@ -78,6 +78,19 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The document: the handlers' paths plus the node catalogue's schemas (the workflow editor
+/// builds its node templates from `components.schemas`).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        schemas.extend(atelier_graph::openapi::schemas());
+    }
+    doc
+}
+
 pub fn routes() -> Router<AppState> {
-    Router::from(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+    Router::from(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document()))
 }

@@ -702,3 +702,82 @@ pub async fn recheck_running(state: &AppState) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::panic, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use atelier_graph::Output;
+
+    fn spec(run: atelier_graph::RunFn) -> &'static NodeSpec {
+        Box::leak(Box::new(NodeSpec {
+            type_name: "test",
+            title: "Test",
+            version: "1.0.0",
+            category: "",
+            tags: &[],
+            description: "",
+            inputs: Vec::new(),
+            output: Output {
+                type_name: "test_output",
+                fields: Vec::new(),
+            },
+            use_cache: false,
+            keeps_extra_keys: false,
+            run,
+        }))
+    }
+
+    fn job(
+        spec: &'static NodeSpec,
+    ) -> (
+        Job,
+        oneshot::Receiver<Result<Map<String, Value>, NodeError>>,
+    ) {
+        let (calls, _rx) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            spec,
+            inputs: Inputs {
+                id: "n".into(),
+                is_intermediate: false,
+                values: Map::new(),
+            },
+            cancel: Arc::new(AtomicBool::new(false)),
+            workflow: None,
+            graph: "{}".into(),
+            compress_level: 1,
+            calls,
+            reply,
+        };
+        (job, answer)
+    }
+
+    #[test]
+    fn a_panicking_node_fails_its_job_and_the_thread_carries_on() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || executor(rx));
+        let (bad, answer) = job(spec(|_, _| panic!("boom")));
+        tx.send(bad).expect("send");
+        let err = answer
+            .blocking_recv()
+            .expect("answered")
+            .expect_err("fails");
+        assert_eq!(err.error_type, "PanicException");
+        assert_eq!(err.message, "boom");
+        let (good, answer) = job(spec(|_, _| {
+            let mut out = Map::new();
+            out.insert("value".into(), json!(1));
+            Ok(out)
+        }));
+        tx.send(good).expect("send");
+        assert_eq!(
+            answer.blocking_recv().expect("answered").expect("runs")["value"],
+            1
+        );
+        drop(tx);
+        thread
+            .join()
+            .expect("the thread ends when the channel closes");
+    }
+}
