@@ -363,6 +363,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn progress_goes_to_the_owner_alone() {
+        let progress = Event::ToOwner {
+            name: "invocation_progress",
+            owner: "u".into(),
+            payload: json!({"percentage": 0.5}),
+        };
+        let emits = progress.routes(true, 7);
+        assert_eq!(emits.len(), 1);
+        assert_eq!(emits[0].rooms, ["user:u"], "not even admins");
+        assert_eq!(emits[0].payload["timestamp"], 7);
+        assert_eq!(progress.routes(false, 7)[0].rooms, ["admin"]);
+    }
+
+    #[test]
     fn workflow_routing() {
         let made = Event::WorkflowCreated {
             workflow_id: "w".into(),
