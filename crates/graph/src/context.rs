@@ -74,4 +74,10 @@ pub trait Context {
     fn progress(&mut self, message: &str, percentage: Option<f64>);
     /// The server's version string (`core_metadata` adds it as `app_version`).
     fn app_version(&self) -> String;
+    /// Whether a model with this key is installed (model loaders check it). A context without
+    /// a model manager knows no models.
+    fn model_exists(&mut self, key: &str) -> Result<bool, NodeError> {
+        let _ = key;
+        Ok(false)
+    }
 }

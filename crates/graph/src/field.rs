@@ -131,6 +131,8 @@ fn named_keys(name: &str) -> &'static [&'static str] {
         "ConditioningField" => &["conditioning_name"],
         "TensorField" => &["tensor_name"],
         "DenoiseMaskField" => &["mask_name"],
+        "ModelIdentifierField" => &["key", "hash", "name", "base", "type"],
+        "LoRAField" => &[],
         _ => &[],
     }
 }

@@ -8,8 +8,8 @@ mod context;
 mod docs;
 mod exec;
 mod field;
-pub mod openapi;
 pub mod nodes;
+pub mod openapi;
 mod spec;
 mod validate;
 

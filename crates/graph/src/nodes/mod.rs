@@ -6,6 +6,7 @@ mod collections;
 mod image;
 mod math;
 mod metadata;
+mod models;
 mod primitives;
 mod strings;
 
@@ -23,6 +24,7 @@ pub fn all() -> Vec<NodeSpec> {
     specs.extend(strings::specs());
     specs.extend(image::specs());
     specs.extend(metadata::specs());
+    specs.extend(models::specs());
     specs
 }
 
