@@ -80,4 +80,45 @@ pub trait Context {
         let _ = key;
         Ok(false)
     }
+
+    // Generation (generation.md §8.3–8.6). Requests are the node's checked inputs as JSON;
+    // tensors stay on the server and are returned by name. A context without an engine
+    // refuses them.
+
+    /// SD noise for `seed` at `width`×`height` pixels; returns its `latents_name`.
+    fn make_noise(&mut self, seed: u32, width: u32, height: u32) -> Result<String, NodeError> {
+        let _ = (seed, width, height);
+        Err(no_engine())
+    }
+    /// Encodes a `compel` / `sdxl_compel_prompt` request; returns its `conditioning_name`.
+    fn encode_prompt(&mut self, request: &Value) -> Result<String, NodeError> {
+        let _ = request;
+        Err(no_engine())
+    }
+    /// Runs `denoise_latents`; returns the latents' name and their size in pixels.
+    fn denoise(&mut self, request: &Value) -> Result<(String, u32, u32), NodeError> {
+        let _ = request;
+        Err(no_engine())
+    }
+    /// Decodes latents with a VAE (`l2i`).
+    fn decode_latents(&mut self, request: &Value) -> Result<DynamicImage, NodeError> {
+        let _ = request;
+        Err(no_engine())
+    }
+    /// Encodes an image with a VAE (`i2l`); returns the latents' name and size in pixels.
+    fn encode_image(
+        &mut self,
+        image: &DynamicImage,
+        request: &Value,
+    ) -> Result<(String, u32, u32), NodeError> {
+        let _ = (image, request);
+        Err(no_engine())
+    }
+}
+
+fn no_engine() -> NodeError {
+    NodeError::new(
+        "NotImplementedError",
+        "This server has no Stable Diffusion engine for this node",
+    )
 }

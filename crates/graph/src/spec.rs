@@ -44,6 +44,9 @@ pub struct Input {
     pub lt: Option<Value>,
     pub multiple_of: Option<i64>,
     pub min_length: Option<usize>,
+    /// A transformation applied before any check (the reference's "before" validators, e.g.
+    /// the noise seed taken modulo 2^32).
+    pub before: Option<fn(&Value) -> Value>,
 }
 
 impl Input {
@@ -61,6 +64,7 @@ impl Input {
             lt: None,
             multiple_of: None,
             min_length: None,
+            before: None,
         }
     }
 
@@ -129,6 +133,8 @@ impl Input {
         {
             return Ok(Value::Null);
         }
+        let transformed = self.before.map(|f| f(value));
+        let value = transformed.as_ref().unwrap_or(value);
         let value = crate::field::check_value(&self.ty, value)?;
         let fail = |kind: &'static str, msg: String| FieldError {
             kind,

@@ -3,6 +3,7 @@
 //! graphs written for InvokeAI run unchanged. `docs/nodes.md` is generated from this list.
 
 mod collections;
+pub mod generation;
 mod image;
 mod math;
 mod metadata;
@@ -25,6 +26,7 @@ pub fn all() -> Vec<NodeSpec> {
     specs.extend(image::specs());
     specs.extend(metadata::specs());
     specs.extend(models::specs());
+    specs.extend(generation::specs());
     specs
 }
 
