@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the release binary and runs the benchmarks: `bench/run.sh [auth|content|all]`.
-# Needs wrk (Debian: apt-get install wrk) and python3.
+# Builds the release binary and runs the benchmarks: `bench/run.sh [auth|content|queue|all]`.
+# Needs wrk (Debian: apt-get install wrk) and python3; `queue` also installs the `websockets`
+# package from PyPI into bench/.venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null 2>&1; then
@@ -12,6 +13,7 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
 fi
 cargo build --release --bin atelier
+export ATELIER_BIN="${ATELIER_BIN:-${CARGO_TARGET_DIR:-target}/release/atelier}"
 case "${1:-all}" in
   auth|all)
     echo "== Atelier auth benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) =="
@@ -21,4 +23,16 @@ case "${1:-all}" in
   content|all)
     echo "== Atelier content benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) =="
     python3 bench/content_bench.py ;;
+esac
+case "${1:-all}" in
+  queue|all)
+    echo "== Atelier queue benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) =="
+    if ! bench/.venv/bin/python -c 'import websockets' >/dev/null 2>&1; then
+      python3 -m venv bench/.venv
+      bench/.venv/bin/pip install -q websockets
+    fi
+    # Dequeue latency against the store directly (history sizes: BENCH_HISTORY, space-separated).
+    # shellcheck disable=SC2086
+    cargo run -q --release -p atelier-store --example dequeue_bench -- 500 ${BENCH_HISTORY:-0 1000 10000 100000}
+    bench/.venv/bin/python bench/queue_bench.py ;;
 esac

@@ -23,6 +23,7 @@ mod isolation;
 mod ownership;
 mod queue;
 mod single_user;
+mod socket_client;
 mod style_presets;
 mod throttle_audit;
 mod users_admin;

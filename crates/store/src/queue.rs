@@ -76,6 +76,33 @@ pub enum DequeueMode {
     RoundRobin,
 }
 
+impl DequeueMode {
+    /// The `SELECT` that picks the item to claim (public so that benchmarks can
+    /// `EXPLAIN QUERY PLAN` exactly what [`Store::dequeue`] runs).
+    pub fn pick_sql(self) -> &'static str {
+        match self {
+            Self::Fifo => {
+                "SELECT item_id FROM session_queue WHERE status = 'pending'
+                 ORDER BY priority DESC, item_id ASC LIMIT 1"
+            }
+            Self::RoundRobin => {
+                "WITH firsts AS (
+                    SELECT user_id, item_id FROM (
+                        SELECT user_id, item_id,
+                            ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY priority DESC, item_id ASC) AS rn
+                        FROM session_queue WHERE status = 'pending'
+                    ) WHERE rn = 1
+                 )
+                 SELECT f.item_id FROM firsts f
+                 ORDER BY COALESCE((SELECT MAX(s.started_at) FROM session_queue s WHERE s.user_id = f.user_id),
+                                   '1970-01-01') ASC,
+                          f.item_id ASC
+                 LIMIT 1"
+            }
+        }
+    }
+}
+
 const COLUMNS: &str = "item_id, queue_id, session_id, batch_id, status, status_sequence, priority,
     origin, destination, user_id, field_values, session, workflow, error_type, error_message,
     error_traceback, retried_from_item_id, device, created_at, updated_at, started_at, completed_at";
@@ -215,26 +242,7 @@ impl Store {
         device: &str,
     ) -> Result<Option<QueueRow>> {
         let mut tx = self.begin_write().await?;
-        let pick = match mode {
-            DequeueMode::Fifo => {
-                "SELECT item_id FROM session_queue WHERE status = 'pending'
-                 ORDER BY priority DESC, item_id ASC LIMIT 1"
-            }
-            DequeueMode::RoundRobin => {
-                "WITH firsts AS (
-                    SELECT user_id, item_id FROM (
-                        SELECT user_id, item_id,
-                            ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY priority DESC, item_id ASC) AS rn
-                        FROM session_queue WHERE status = 'pending'
-                    ) WHERE rn = 1
-                 )
-                 SELECT f.item_id FROM firsts f
-                 ORDER BY COALESCE((SELECT MAX(s.started_at) FROM session_queue s WHERE s.user_id = f.user_id),
-                                   '1970-01-01') ASC,
-                          f.item_id ASC
-                 LIMIT 1"
-            }
-        };
+        let pick = mode.pick_sql();
         let Some(row) = sqlx::query(pick).fetch_optional(&mut *tx).await? else {
             return Ok(None);
         };
@@ -706,10 +714,11 @@ mod tests {
             .await
             .unwrap()
             .is_none());
-        // Start-up recovery cancels the running one.
-        assert_eq!(store.cancel_interrupted_items().await.unwrap(), 1);
+        // Start-up recovery fails the running one, saying why.
+        assert_eq!(store.fail_interrupted_items().await.unwrap(), 1);
         let item = store.get_queue_item(next.item_id).await.unwrap().unwrap();
-        assert_eq!(item.status, QueueItemStatus::Canceled);
+        assert_eq!(item.status, QueueItemStatus::Failed);
+        assert_eq!(item.error_type.as_deref(), Some("ServerInterruptedError"));
         // History pruning keeps the newest finished rows and never touches pending ones.
         let pending_before = store.pending_count().await.unwrap();
         assert_eq!(store.prune_history(1).await.unwrap(), 1);

@@ -728,12 +728,9 @@ mod tests {
         }))
     }
 
-    fn job(
-        spec: &'static NodeSpec,
-    ) -> (
-        Job,
-        oneshot::Receiver<Result<Map<String, Value>, NodeError>>,
-    ) {
+    type Answer = oneshot::Receiver<Result<Map<String, Value>, NodeError>>;
+
+    fn job(spec: &'static NodeSpec) -> (Job, Answer) {
         let (calls, _rx) = mpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         let job = Job {
