@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the project: unit tests of each crate and the integration suite (a real
+# Runs every test of the project: unit tests of each crate, the integration suite (a real
 # server on 127.0.0.1 over temporary roots and real SQLite files, plus the CLI as real
-# processes). Installs what the tests need when run as root on Debian (CI does).
+# processes) and the web UI's end-to-end tests in a headless browser. Installs what the tests
+# need when run as root on Debian (CI does).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,3 +17,7 @@ if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
 fi
 
 cargo test --workspace --locked
+
+# The web UI's end-to-end tests in headless Chromium (installs chromium, Node.js and its npm
+# packages when missing; see ui-tests/run.sh).
+ui-tests/run.sh

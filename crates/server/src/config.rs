@@ -51,6 +51,7 @@ const RESERVED_BASE_URL_SEGMENTS: &[&str] = &[
     "openapi.json",
     "locales",
     "assets",
+    "ui",
 ];
 
 const LOG_LEVELS: &[&str] = &["debug", "info", "warning", "error", "critical"];
@@ -334,11 +335,11 @@ static KEYS: &[KeyDef] = &[
     key("deny_nodes", OPT_LIST, D::Null, Unused),
     key("node_cache_size", int(None, None), D::Int(512), Used),
     // Model install and downloads.
-    key("hashing_algorithm", Kind::Enum(HASHING_ALGORITHMS), D::Str("blake3_single"), Unused),
+    key("hashing_algorithm", Kind::Enum(HASHING_ALGORITHMS), D::Str("blake3_single"), Used),
     key("remote_api_tokens", Kind::RemoteTokens, D::Null, Unused),
-    key("allow_private_download_urls", BOOL, D::Bool(false), Unused),
-    key("download_proxy", OPT_STR, D::Null, Unused),
-    key("scan_models_on_startup", BOOL, D::Bool(false), Unused),
+    key("allow_private_download_urls", BOOL, D::Bool(false), Used),
+    key("download_proxy", OPT_STR, D::Null, Used),
+    key("scan_models_on_startup", BOOL, D::Bool(false), Used),
     key("unsafe_disable_picklescan", BOOL, D::Bool(false), Unused),
     key("allow_unknown_models", BOOL, D::Bool(true), Unused),
     // Multi-user.

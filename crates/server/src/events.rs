@@ -51,6 +51,9 @@ pub enum Event {
         owner: String,
         payload: Value,
     },
+    /// An event for administrators alone: model installs and downloads (models.md §6), whose
+    /// payloads carry server paths and signed URLs.
+    Admin { name: &'static str, payload: Value },
     /// `queue_items_canceled` / `queue_items_retried`: each owner hears only their own ids,
     /// admins hear everything, other subscribers hear that something happened (§7.4).
     QueueItemsByUser {
@@ -217,6 +220,17 @@ impl Event {
                     payload,
                 }]
             }
+            Self::Admin { name, payload } => {
+                let mut payload = payload.clone();
+                payload["timestamp"] = json!(now);
+                // Single-user sockets are all in the admin room too.
+                vec![Emit {
+                    except: Vec::new(),
+                    rooms: vec![ADMIN_ROOM.to_owned()],
+                    name,
+                    payload,
+                }]
+            }
             Self::QueueItemsByUser {
                 name,
                 verb,
@@ -374,6 +388,21 @@ mod tests {
         assert_eq!(emits[0].rooms, ["user:u"], "not even admins");
         assert_eq!(emits[0].payload["timestamp"], 7);
         assert_eq!(progress.routes(false, 7)[0].rooms, ["admin"]);
+    }
+
+    #[test]
+    fn model_install_events_reach_admins_alone() {
+        let event = Event::Admin {
+            name: "model_install_started",
+            payload: json!({"id": 0, "source": {"type": "local"}}),
+        };
+        for multiuser in [true, false] {
+            let emits = event.routes(multiuser, 9);
+            assert_eq!(emits.len(), 1);
+            assert_eq!(emits[0].rooms, ["admin"]);
+            assert!(emits[0].except.is_empty());
+            assert_eq!(emits[0].payload["timestamp"], 9);
+        }
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         sockets: io.clone(),
         socket_layer: state::SocketLayer(layer),
         processor: Default::default(),
+        models: Default::default(),
     };
     socket::register(&io, state.clone());
     // Start-up recovery: work a crash interrupted cannot resume (queue-and-events.md §1.4).
@@ -115,6 +116,8 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         ),
         Err(err) => tracing::warn!(error = %err.detail(), "could not sweep orphan image files"),
     }
+    // Model manager start-up (models.md §7): stale temp folders, optional scan, README.
+    service::models::start_up(&state).await;
     // The bundled defaults are synchronised at every start (workflows-and-state.md §1.4, §3.2).
     service::workflows::sync_defaults(&state)
         .await

@@ -20,6 +20,7 @@ mod gallery;
 mod guards;
 mod images;
 mod isolation;
+mod models;
 mod ownership;
 mod queue;
 mod single_user;

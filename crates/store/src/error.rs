@@ -22,6 +22,12 @@ pub enum StoreError {
     /// The database was migrated by a newer Atelier.
     #[error("the database schema is at version {found}, newer than this binary knows ({known}); upgrade Atelier")]
     SchemaTooNew { found: i64, known: i64 },
+    /// Another model record already has this path (models.md §1.7, `UNIQUE(path)`).
+    #[error("A model with path '{0}' is already installed")]
+    ModelPathTaken(String),
+    /// Another model record already has this key.
+    #[error("A model with key '{0}' already exists")]
+    ModelKeyTaken(String),
     /// A row the store cannot read back (hand-edited, or written by something else).
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -18,6 +18,7 @@ mod content;
 mod error;
 mod images;
 mod migrate;
+mod models;
 mod queue;
 mod settings;
 mod style_presets;
@@ -32,6 +33,7 @@ pub use content::ReassignCounts;
 pub use error::{Result, StoreError};
 pub use images::{BoardFilter, DayGroup, ImageChanges, ImageQuery, ImageRecord, NewImage};
 pub use migrate::{MigrationReport, MIGRATIONS};
+pub use models::{ModelFilter, ModelOrder, ModelRow};
 pub use queue::{
     DequeueMode, Enqueued, NewBatch, NewQueueItem, QueueRow, QueueScope, StatusCounts,
 };

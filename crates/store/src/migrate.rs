@@ -43,6 +43,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_session_queue.sql"),
         postgres: include_str!("../migrations/postgres/0004_session_queue.sql"),
     },
+    Migration {
+        version: 5,
+        name: "models",
+        sqlite: include_str!("../migrations/sqlite/0005_models.sql"),
+        postgres: include_str!("../migrations/postgres/0005_models.sql"),
+    },
 ];
 
 /// What [`Store::migrate`] did.

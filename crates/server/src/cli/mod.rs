@@ -1,9 +1,11 @@
-//! The `atelier` command line: `serve` (the default), `user add|mod|del|list`, `audit`,
+//! The `atelier` command line: `serve` (the default), `user add|mod|del|list`,
+//! `model add|list|del`, `audit`,
 //! `migrate` and `config check`. Exit codes follow the reference's tools: 0 success, 1 any
 //! failure (including a cancelled prompt), 2 argument errors (clap's own).
 
 mod audit;
 mod content;
+mod model;
 mod prompt;
 mod user;
 
@@ -54,6 +56,9 @@ enum Command {
     /// Manage user accounts directly in the database (works while a server runs).
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Install, list and remove models directly in the database and models directory.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Show the audit log.
     Audit(audit::AuditArgs),
     /// Manage content ownership.
@@ -117,6 +122,10 @@ pub fn main() -> ExitCode {
         Some(Command::User(cmd)) => {
             init_logging("warning");
             runtime.block_on(user::run(cmd, root))
+        }
+        Some(Command::Model(cmd)) => {
+            init_logging("warning");
+            runtime.block_on(model::run(cmd, root))
         }
         Some(Command::Audit(args)) => {
             init_logging("warning");

@@ -150,6 +150,7 @@ impl From<atelier_store::StoreError> for ApiError {
             E::LastAdmin => Self::bad_request("Cannot remove the last administrator"),
             E::AdminExists => Self::bad_request("Admin user already exists"),
             E::NotFound => Self::not_found("User not found"),
+            e @ (E::ModelPathTaken(_) | E::ModelKeyTaken(_)) => Self::Conflict(e.to_string()),
             other => Self::internal(other),
         }
     }

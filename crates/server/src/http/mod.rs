@@ -17,23 +17,23 @@ pub mod error;
 pub mod extract;
 pub mod gallery;
 pub mod images;
+pub mod models;
 pub mod openapi;
 pub mod query;
 pub mod queue;
 pub mod refresh;
 pub mod settings;
 pub mod style_presets;
+pub mod ui;
 pub mod workflows;
 
 use crate::state::AppState;
 use axum::extract::{Request, State};
-use axum::http::{header, Uri};
+use axum::http::Uri;
 use axum::middleware::{from_fn_with_state, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use error::ApiError;
-
-const INDEX_HTML: &str = include_str!("../../assets/index.html");
 
 /// The whole application, ready to serve.
 pub fn app(state: AppState) -> Router {
@@ -56,7 +56,11 @@ pub fn app(state: AppState) -> Router {
         .merge(images::routes(
             usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
         ))
+        .merge(models::routes(
+            usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
+        ))
         .merge(openapi::routes())
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), body::parse_json_body))
@@ -71,12 +75,12 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Unknown paths: JSON 404 under `/api/` and `/ws/`, the web UI's entry page elsewhere.
-async fn not_found(uri: Uri) -> Response {
+async fn not_found(State(state): State<AppState>, uri: Uri) -> Response {
     let path = uri.path();
     if path.starts_with("/api/") || path.starts_with("/ws/") || path == "/api" || path == "/ws" {
         ApiError::not_found("Not Found").into_response()
     } else {
-        ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX_HTML)).into_response()
+        ui::index_page(state.config.base_url())
     }
 }
 

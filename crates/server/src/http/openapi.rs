@@ -3,7 +3,7 @@
 //! fetched at build or run time).
 
 use crate::http::{
-    app, audit, auth, boards, client_state, content, gallery, images, queue, settings,
+    app, audit, auth, boards, client_state, content, gallery, images, models, queue, settings,
     style_presets, workflows,
 };
 use crate::state::AppState;
@@ -44,6 +44,13 @@ use utoipa_swagger_ui::SwaggerUi;
         workflows::get_thumbnail, workflows::tags, workflows::counts_by_tag, workflows::counts_by_category,
         style_presets::list, style_presets::create, style_presets::get_preset, style_presets::update,
         style_presets::delete, style_presets::image, style_presets::export, style_presets::import,
+        models::list, models::missing, models::get_by_attrs, models::get_by_hash, models::get_model,
+        models::update, models::delete, models::reidentify, models::bulk_delete, models::bulk_reidentify,
+        models::image, models::set_image, models::delete_image, models::scan_folder, models::install,
+        models::install_huggingface, models::list_jobs, models::prune_jobs, models::get_job,
+        models::cancel_job, models::pause_job, models::resume_job, models::restart_failed,
+        models::restart_file, models::starter_models, models::stats, models::empty_model_cache,
+        models::list_orphans, models::delete_orphans,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -57,6 +64,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "client_state", description = "Per-user UI state"),
         (name = "workflows", description = "The workflow library, sharing and thumbnails"),
         (name = "style_presets", description = "Prompt templates"),
+        (name = "models", description = "The model manager: records, installs and downloads"),
     )
 )]
 pub struct ApiDoc;

@@ -8,6 +8,7 @@ pub mod boards;
 pub mod content;
 pub mod downloads;
 pub mod images;
+pub mod models;
 pub mod queue;
 pub mod style_presets;
 pub mod throttle;
