@@ -1079,3 +1079,65 @@ async fn download_proxy_is_used_and_every_redirect_hop_is_checked() {
         "{job}"
     );
 }
+
+#[tokio::test]
+async fn model_loader_nodes_see_installed_models() {
+    let s = TestServer::single_user().await;
+    let file = outside(&s, "dreamshaper.safetensors");
+    sd1(&file);
+    let job = install(&s, None, file.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let listed = s.get("/api/v2/models/", None).await;
+    let model = listed.body["models"][0].clone();
+    let ident = json!({"key": model["key"], "hash": model["hash"], "name": model["name"],
+        "base": model["base"], "type": model["type"]});
+    let run = |ident: Value| {
+        let s = &s;
+        async move {
+            let graph = json!({"nodes": {"l": {"id": "l", "type": "main_model_loader", "model": ident}}, "edges": []});
+            let r = s
+                .post(
+                    "/api/v1/queue/default/enqueue_batch",
+                    None,
+                    &json!({"batch": {"graph": graph}, "prepend": false}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            let id = r.body["item_ids"][0].as_i64().unwrap();
+            for _ in 0..400 {
+                let item = s.get(&format!("/api/v1/queue/default/i/{id}"), None).await;
+                if matches!(
+                    item.body["status"].as_str(),
+                    Some("completed" | "failed" | "canceled")
+                ) {
+                    return item.body;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("item {id} did not finish");
+        }
+    };
+    let item = run(ident.clone()).await;
+    assert_eq!(item["status"], "completed", "{item}");
+    let exec = item["session"]["source_prepared_mapping"]["l"][0]
+        .as_str()
+        .unwrap();
+    let out = &item["session"]["results"][exec];
+    assert_eq!(out["unet"]["unet"]["key"], model["key"]);
+    assert_eq!(out["vae"]["vae"]["submodel_type"], "vae");
+    let mut missing = ident;
+    missing["key"] = json!("not-installed");
+    let item = run(missing).await;
+    assert_eq!(
+        (
+            item["status"].clone(),
+            item["error_type"].clone(),
+            item["error_message"].clone()
+        ),
+        (
+            json!("failed"),
+            json!("Exception"),
+            json!("Unknown model not-installed")
+        )
+    );
+}

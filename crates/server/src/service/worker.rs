@@ -52,6 +52,10 @@ enum Call {
         message: String,
         percentage: Option<f64>,
     },
+    ModelExists {
+        key: String,
+        reply: oneshot::Sender<Result<bool, NodeError>>,
+    },
 }
 
 /// One node for the executor thread.
@@ -137,6 +141,17 @@ impl Context for ThreadContext {
 
     fn app_version(&self) -> String {
         crate::http::app::API_VERSION.to_owned()
+    }
+
+    fn model_exists(&mut self, key: &str) -> Result<bool, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.calls
+            .send(Call::ModelExists {
+                key: key.to_owned(),
+                reply,
+            })
+            .map_err(|_| lost())?;
+        rx.blocking_recv().map_err(|_| lost())?
     }
 }
 
@@ -590,6 +605,16 @@ impl Worker {
                     board_id: request.board_id.clone(),
                 };
                 let _ = reply.send(self.save(owner, new, &png, &thumbnail).await);
+            }
+            Call::ModelExists { key, reply } => {
+                let found = self
+                    .state
+                    .store
+                    .get_model(&key)
+                    .await
+                    .map(|m| m.is_some())
+                    .map_err(|e| NodeError::new("RuntimeError", e.to_string()));
+                let _ = reply.send(found);
             }
             Call::Progress {
                 message,
