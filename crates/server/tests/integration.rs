@@ -17,6 +17,7 @@ mod config_precedence;
 mod cors_refresh;
 mod events;
 mod gallery;
+mod generate;
 mod guards;
 mod images;
 mod isolation;

@@ -11,7 +11,7 @@ use std::time::Duration;
 const UNET: &str = "model.diffusion_model.";
 
 /// Writes a safetensors file: the JSON header and zeroed F16 data for `tensors`.
-fn write_safetensors(path: &Path, tensors: &[(String, Vec<u64>)]) {
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<u64>)]) {
     let mut header = Map::new();
     let mut offset = 0u64;
     for (name, shape) in tensors {
@@ -32,7 +32,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<u64>)]) {
 }
 
 /// A single-file LDM checkpoint: the two keys the probe reads.
-fn checkpoint(path: &Path, attn_block: u32, width: u64, in_channels: u64) {
+pub fn checkpoint(path: &Path, attn_block: u32, width: u64, in_channels: u64) {
     write_safetensors(
         path,
         &[
@@ -48,11 +48,11 @@ fn checkpoint(path: &Path, attn_block: u32, width: u64, in_channels: u64) {
     );
 }
 
-fn sd1(path: &Path) {
+pub fn sd1(path: &Path) {
     checkpoint(path, 2, 768, 4);
 }
 
-fn kohya_lora(path: &Path, width: u64) {
+pub fn kohya_lora(path: &Path, width: u64) {
     let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k";
     write_safetensors(
         path,
@@ -96,11 +96,11 @@ fn blake3_of(path: &Path) -> String {
 }
 
 /// Starts an install and waits for its job to end; returns the final job.
-async fn install(s: &TestServer, token: Option<&str>, source: &str, inplace: bool) -> Value {
+pub async fn install(s: &TestServer, token: Option<&str>, source: &str, inplace: bool) -> Value {
     install_with(s, token, source, inplace, &json!({})).await
 }
 
-async fn install_with(
+pub async fn install_with(
     s: &TestServer,
     token: Option<&str>,
     source: &str,
@@ -118,7 +118,7 @@ async fn install_with(
     wait_job(s, token, r.body["id"].as_i64().unwrap()).await
 }
 
-async fn wait_job(s: &TestServer, token: Option<&str>, id: i64) -> Value {
+pub async fn wait_job(s: &TestServer, token: Option<&str>, id: i64) -> Value {
     for _ in 0..400 {
         let r = s.get(&format!("/api/v2/models/install/{id}"), token).await;
         assert_eq!(r.status, 200, "{}", r.text);
@@ -133,7 +133,7 @@ async fn wait_job(s: &TestServer, token: Option<&str>, id: i64) -> Value {
     panic!("install job {id} did not finish");
 }
 
-fn outside(s: &TestServer, name: &str) -> PathBuf {
+pub fn outside(s: &TestServer, name: &str) -> PathBuf {
     s.root.path().join("incoming").join(name)
 }
 

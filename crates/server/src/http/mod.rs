@@ -16,6 +16,7 @@ pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod gallery;
+pub mod generate;
 pub mod images;
 pub mod models;
 pub mod openapi;
@@ -47,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .merge(content::routes())
         .merge(client_state::routes())
         .merge(queue::routes())
+        .merge(generate::routes())
         .merge(workflows::routes(
             usize::try_from(state.config.max_upload_bytes()).unwrap_or(usize::MAX),
         ))

@@ -3,8 +3,8 @@
 //! fetched at build or run time).
 
 use crate::http::{
-    app, audit, auth, boards, client_state, content, gallery, images, models, queue, settings,
-    style_presets, workflows,
+    app, audit, auth, boards, client_state, content, gallery, generate, images, models, queue,
+    settings, style_presets, workflows,
 };
 use crate::state::AppState;
 use axum::Router;
@@ -32,6 +32,7 @@ use utoipa_swagger_ui::SwaggerUi;
         gallery::items, gallery::item_names, gallery::item_names_deprecated, gallery::by_date,
         gallery::date_image_names, gallery::date_item_names,
         content::reassign,
+        generate::generate,
         queue::enqueue_batch, queue::list_all, queue::item_ids, queue::status, queue::current, queue::next,
         queue::batch_status, queue::counts_by_destination, queue::get_item, queue::cancel, queue::pause,
         queue::resume, queue::prune, queue::clear, queue::items_by_ids, queue::item_summaries_by_ids,
@@ -61,6 +62,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "images", description = "Images, their files and metadata"),
         (name = "content", description = "Moving content between owners (admins)"),
         (name = "queue", description = "The session queue"),
+        (name = "generate", description = "One-call generation (Atelier's extension)"),
         (name = "client_state", description = "Per-user UI state"),
         (name = "workflows", description = "The workflow library, sharing and thumbnails"),
         (name = "style_presets", description = "Prompt templates"),

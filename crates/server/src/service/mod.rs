@@ -7,6 +7,7 @@ pub mod auth;
 pub mod boards;
 pub mod content;
 pub mod downloads;
+pub mod generate;
 pub mod images;
 pub mod models;
 pub mod queue;

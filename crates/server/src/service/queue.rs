@@ -218,6 +218,32 @@ pub fn validate_batch(batch: &Value, prepend: bool) -> Result<EnqueueRequest, Ap
                 .collect(),
         )
     })?;
+    // A scheduler this server does not implement yet is refused now, not at run time (§10.6).
+    for (id, node) in &parsed.nodes {
+        if node["type"] == "denoise_latents" {
+            let name = node["scheduler"].as_str().unwrap_or_default();
+            if !atelier_engine::schedulers::is_implemented(name) {
+                issues.push(ValidationIssue {
+                    kind: "value_error",
+                    loc: [
+                        "body",
+                        "batch",
+                        "graph",
+                        "nodes",
+                        id,
+                        "denoise_latents",
+                        "scheduler",
+                    ]
+                    .iter()
+                    .map(|s| json!(s))
+                    .collect(),
+                    msg: format!("Value error, scheduler '{name}' is not supported by this server"),
+                    input: json!(name),
+                    ctx: None,
+                });
+            }
+        }
+    }
     // Substituted fields must exist on their nodes, and every value must suit its field
     // (a deviation: the reference checks values only when the item runs).
     if let Some(data) = &data {
