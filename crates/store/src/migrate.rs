@@ -49,6 +49,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_models.sql"),
         postgres: include_str!("../migrations/postgres/0005_models.sql"),
     },
+    Migration {
+        version: 6,
+        name: "queue_fifo_index",
+        sqlite: include_str!("../migrations/sqlite/0006_queue_fifo_index.sql"),
+        postgres: include_str!("../migrations/postgres/0006_queue_fifo_index.sql"),
+    },
 ];
 
 /// What [`Store::migrate`] did.
