@@ -93,6 +93,7 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
         sockets: io.clone(),
         socket_layer: state::SocketLayer(layer),
         processor: Default::default(),
+        tensors: Default::default(),
         models: Default::default(),
     };
     socket::register(&io, state.clone());

@@ -25,6 +25,8 @@ pub struct AppState {
     pub sockets: socketioxide::SocketIo,
     /// The queue processor's switches.
     pub processor: Arc<crate::service::queue::ProcessorState>,
+    /// Latents and conditioning passed between generation nodes by name.
+    pub tensors: crate::service::tensors::TensorStore,
     /// The model manager's install jobs and per-model claims.
     pub models: Arc<crate::service::models::ModelsState>,
     /// The socket.io service, mounted by the HTTP router.

@@ -790,3 +790,37 @@ async fn finished_history_is_pruned_to_max_queue_history() {
         "the newest finished item is kept"
     );
 }
+
+#[tokio::test]
+async fn the_noise_node_draws_pytorchs_numbers() {
+    let s = TestServer::single_user().await;
+    let graph = json!({"nodes": {
+        "seed": {"id": "seed", "type": "integer", "value": 31337},
+        "n": {"id": "n", "type": "noise", "width": 64, "height": 64},
+    }, "edges": [edge("seed", "value", "n", "seed")]});
+    let id = run_graph(&s, None, graph).await;
+    let item = wait_status(&s, None, id, DONE).await;
+    assert_eq!(item["status"], "completed", "{item}");
+    let out = &results_of(&item, "n")[0];
+    assert_eq!(out["type"], "noise_output");
+    assert_eq!(
+        (out["width"].clone(), out["height"].clone()),
+        (json!(64), json!(64))
+    );
+    assert_eq!(out["noise"]["seed"], 31337);
+    let name = out["noise"]["latents_name"].as_str().unwrap();
+    let latents = s.state().tensors.latents(name).expect("stored");
+    assert_eq!(latents.shape, vec![1, 4, 8, 8]);
+    // torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(31337)), recorded by
+    // the engine's fixture script.
+    let fixture: Value =
+        serde_json::from_str(include_str!("../../engine/tests/fixtures/noise.json")).unwrap();
+    let expected: Vec<f32> = fixture["latent_1x4x8x8"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(fixture["latent_1x4x8x8"]["seed"], 31337);
+    assert_eq!(latents.data, expected);
+}

@@ -12,6 +12,7 @@ pub mod images;
 pub mod models;
 pub mod queue;
 pub mod style_presets;
+pub mod tensors;
 pub mod throttle;
 pub mod users;
 pub mod worker;

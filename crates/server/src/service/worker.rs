@@ -60,6 +60,7 @@ enum Call {
 
 /// One node for the executor thread.
 struct Job {
+    tensors: crate::service::tensors::TensorStore,
     spec: &'static NodeSpec,
     inputs: Inputs,
     cancel: Arc<AtomicBool>,
@@ -73,6 +74,7 @@ struct Job {
 
 /// The executor thread's side of [`Context`].
 struct ThreadContext {
+    tensors: crate::service::tensors::TensorStore,
     cancel: Arc<AtomicBool>,
     workflow: Option<String>,
     graph: String,
@@ -143,6 +145,21 @@ impl Context for ThreadContext {
         crate::http::app::API_VERSION.to_owned()
     }
 
+    fn make_noise(&mut self, seed: u32, width: u32, height: u32) -> Result<String, NodeError> {
+        use crate::service::tensors::{Latents, Stored};
+        let shape = atelier_engine::noise::sd_latent_shape(width, height)
+            .map_err(|e| NodeError::value(e.to_string()))?;
+        let data = atelier_engine::noise::sd_latent_noise(seed, width, height)
+            .map_err(|e| NodeError::value(e.to_string()))?;
+        Ok(self.tensors.put(
+            "noise",
+            Stored::Latents(Arc::new(Latents {
+                shape: shape.to_vec(),
+                data,
+            })),
+        ))
+    }
+
     fn model_exists(&mut self, key: &str) -> Result<bool, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.calls
@@ -159,6 +176,7 @@ impl Context for ThreadContext {
 fn executor(jobs: std::sync::mpsc::Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
         let mut ctx = ThreadContext {
+            tensors: job.tensors,
             cancel: job.cancel,
             workflow: job.workflow,
             graph: job.graph,
@@ -549,6 +567,7 @@ impl Worker {
         let (calls_tx, mut calls) = mpsc::unbounded_channel();
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
+            tensors: self.state.tensors.clone(),
             spec,
             inputs,
             cancel: cancel.clone(),
@@ -759,6 +778,7 @@ mod tests {
         let (calls, _rx) = mpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         let job = Job {
+            tensors: Default::default(),
             spec,
             inputs: Inputs {
                 id: "n".into(),
