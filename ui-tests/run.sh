@@ -30,4 +30,4 @@ fi
 
 rm -rf artifacts
 mkdir -p artifacts
-node --test tests/e2e.test.mjs
+node --test --test-concurrency=1 tests/

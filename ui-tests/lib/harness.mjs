@@ -77,7 +77,7 @@ export async function newPage(browser, { width = 1280, height = 800 } = {}) {
   page.errors = [];
   page.on('pageerror', (e) => page.errors.push(e));
   page.on('console', (m) => {
-    if (m.type() === 'error' && !/status of (401|403|400|404)/.test(m.text())) page.errors.push(new Error(m.text()));
+    if (m.type() === 'error' && !/status of 4\d\d /.test(m.text())) page.errors.push(new Error(m.text()));
   });
   page.setDefaultTimeout(10000);
   return page;
@@ -111,6 +111,35 @@ export async function call(base, method, path, { token, json } = {}) {
 
 export async function apiLogin(base, email, password) {
   return (await call(base, 'POST', 'api/v1/auth/login', { json: { email, password } })).token;
+}
+
+/**
+ * A safetensors file with the given tensors (F16, zero-filled): only the header matters to the
+ * model probe. Mirrors crates/server/tests/models.rs `write_safetensors`.
+ */
+export function writeSafetensors(path, tensors) {
+  const header = {};
+  let offset = 0;
+  for (const [name, shape] of tensors) {
+    const len = shape.reduce((a, b) => a * b, 1) * 2;
+    header[name] = { dtype: 'F16', shape, data_offsets: [offset, offset + len] };
+    offset += len;
+  }
+  header.__metadata__ = { format: 'pt' };
+  const text = Buffer.from(JSON.stringify(header));
+  const size = Buffer.alloc(8);
+  size.writeBigUInt64LE(BigInt(text.length));
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, Buffer.concat([size, text, Buffer.alloc(offset)]));
+}
+
+/** A single-file SD 1.x checkpoint as far as the probe can tell (models.rs `sd1`): two keys. */
+export function writeSd1Checkpoint(path) {
+  const unet = 'model.diffusion_model.';
+  writeSafetensors(path, [
+    [`${unet}input_blocks.0.0.weight`, [320, 4, 3, 3]],
+    [`${unet}input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight`, [4, 768]],
+  ]);
 }
 
 /** A small valid PNG (solid colour), for uploads. */

@@ -8,13 +8,16 @@ import { icons } from './icons.js';
 import { session, SINGLE_USER, userLabel } from './session.js';
 import { renderLogin } from './views/login.js';
 import { renderSetup } from './views/setup.js';
+import { startEvents, stopEvents, restartEvents, onEvents } from './socket.js';
 
 const root = document.getElementById('app');
 
 const ROUTES = {
+  generate: { title: 'Generate', load: () => import('./views/generate.js') },
   gallery: { title: 'Gallery', load: () => import('./views/gallery.js') },
   queue: { title: 'Queue', load: () => import('./views/queue.js') },
   workflows: { title: 'Workflows', load: () => import('./views/workflows.js') },
+  models: { title: 'Models', load: () => import('./views/models.js') },
   profile: { title: 'My Profile', load: () => import('./views/profile.js'), multiuser: true },
   users: { title: 'User Management', load: () => import('./views/users.js'), admin: true, multiuser: true },
   audit: { title: 'Audit log', load: () => import('./views/audit.js'), admin: true, multiuser: true },
@@ -71,6 +74,7 @@ async function boot() {
 
 function showLoginPage(opts) {
   teardownView();
+  stopEvents();
   const page = h('div', { class: 'auth-page' });
   mount(root, page);
   renderLogin(page, {
@@ -108,6 +112,7 @@ function reauthenticate() {
           startApp();
         } else {
           updateUserButton();
+          restartEvents();
         }
         resolve();
       },
@@ -124,6 +129,7 @@ async function logout() {
   }
   setToken(null);
   session.user = null;
+  stopActivity?.();
   showLoginPage({ notice: 'You have signed out.' });
 }
 
@@ -131,12 +137,17 @@ let userButton = null;
 
 function startApp() {
   teardownView();
+  startEvents();
+  const activity = h('a', { class: 'activity', href: '#/generate', hidden: true, 'aria-live': 'polite' });
   const nav = h('nav', { class: 'sidebar', 'aria-label': 'Main' },
     h('a', { class: 'brand', href: '#/gallery' }, h('img', { src: 'ui/favicon.svg', alt: '', width: 24, height: 24 }), h('span', {}, 'Atelier')),
+    navLink('generate', icons.generate, 'Generate'),
     navLink('gallery', icons.gallery, 'Gallery'),
     navLink('queue', icons.queue, 'Queue'),
     navLink('workflows', icons.workflows, 'Workflows'),
+    navLink('models', icons.models, 'Models'),
     h('div', { class: 'spacer' }),
+    activity,
     session.multiuser ? (userButton = h('button', {
       type: 'button',
       class: 'user-btn',
@@ -146,8 +157,40 @@ function startApp() {
     })) : h('div', { class: 'mode-note', title: 'Anyone who can reach this server has full access.' }, 'Single-user mode'));
   viewEl = h('main', { id: 'view', class: 'view', tabindex: '-1' });
   mount(root, h('div', { class: 'shell' }, nav, viewEl));
+  watchActivity(activity);
   updateUserButton();
   route();
+}
+
+// A small "Generating… 40%" line in the sidebar while one of my items runs, whatever the screen.
+let stopActivity = null;
+function watchActivity(el) {
+  stopActivity?.();
+  let hideTimer = null;
+  const show = (text, pct) => {
+    clearTimeout(hideTimer);
+    el.hidden = false;
+    mount(el, h('span', { class: 'activity-text' }, text),
+      h('span', { class: 'bar', 'aria-hidden': 'true' }, h('span', { style: `width:${Math.round((pct ?? 0) * 100)}%` })));
+    el.title = text;
+  };
+  const mine = (e) => !e || !session.multiuser || e.user_id === session.user?.user_id;
+  const running = new Set(); // items seen in progress: only those report their end
+  stopActivity = onEvents({
+    invocation_progress: (e) => {
+      if (mine(e)) show(`Generating… ${e.percentage != null ? `${Math.round(e.percentage * 100)}%` : ''}`.trim(), e.percentage);
+    },
+    queue_item_status_changed: (e) => {
+      if (!mine(e)) return;
+      if (e.status === 'in_progress') {
+        running.add(e.item_id);
+        show('Generating…', 0);
+      } else if (['completed', 'failed', 'canceled'].includes(e.status) && running.delete(e.item_id)) {
+        show(e.status === 'completed' ? 'Done' : e.status === 'failed' ? 'Failed' : 'Canceled', e.status === 'completed' ? 1 : 0);
+        hideTimer = setTimeout(() => { el.hidden = true; }, 4000);
+      }
+    },
+  });
 }
 
 function navLink(name, icon, label) {

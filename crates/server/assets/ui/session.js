@@ -5,6 +5,8 @@ export const session = {
   status: null,
   /** The UserDTO of the signed-in user; a synthetic admin in single-user mode. */
   user: null,
+  /** Image metadata handed from the gallery's "Use these settings" to the Generate screen. */
+  pendingRecall: null,
   get multiuser() {
     return !!this.status?.multiuser_enabled;
   },

@@ -1,7 +1,8 @@
 // Gallery: boards on the left (mine, plus others' shared and public boards, marked as such;
 // Uncategorized; "show archived"), each with a context menu (rename, archive, visibility, delete);
 // the selected board's images on the right in a grid that loads more as it scrolls, and a viewer
-// with the image's metadata, star, move to a board, download and delete.
+// with the image's metadata, star, move to a board, download, delete and "Use these settings"
+// (fills the Generate screen from the image's metadata).
 
 import { api, mediaQuery } from '../api.js';
 import { h, mount, openDialog, confirmDialog, promptDialog, openMenu, toast, badge, formatDate, errorText, errorBox } from '../dom.js';
@@ -349,7 +350,14 @@ export async function render(container, { params }) {
         const metaBox = side.querySelector('.meta-box');
         try {
           const meta = await api(`api/v1/images/i/${encodeURIComponent(img.image_name)}/metadata`);
-          if (state.images[i] === img) mount(metaBox, metadataView(meta));
+          if (state.images[i] === img) {
+            mount(metaBox, metadataView(meta, () => {
+              // "Use these settings": the Generate screen picks them up when it opens.
+              session.pendingRecall = meta;
+              close();
+              location.hash = '#/generate';
+            }));
+          }
         } catch (e) {
           mount(metaBox, h('p', { class: 'hint bad' }, errorText(e)));
         }
@@ -431,7 +439,9 @@ function isVisible(el, root) {
 }
 
 /** The generation parameters InvokeAI writes into image metadata, then the raw JSON. */
-function metadataView(meta) {
+const RECALL_KEYS = ['positive_prompt', 'negative_prompt', 'seed', 'model', 'steps', 'cfg_scale', 'scheduler', 'width', 'height'];
+
+function metadataView(meta, useSettings) {
   if (!meta || typeof meta !== 'object' || !Object.keys(meta).length) return h('p', { class: 'hint' }, 'No generation metadata.');
   const model = meta.model && typeof meta.model === 'object' ? meta.model.name || meta.model.key : meta.model;
   const rows = [
@@ -446,6 +456,9 @@ function metadataView(meta) {
     ['Strength', meta.strength],
   ].filter(([, v]) => v !== undefined && v !== null && v !== '');
   return h('div', {},
+    RECALL_KEYS.some((k) => meta[k] !== undefined && meta[k] !== null) ? h('button', {
+      type: 'button', class: 'btn small recall', onclick: useSettings,
+    }, 'Use these settings') : null,
     rows.length ? h('dl', { class: 'meta', 'aria-label': 'Generation metadata' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, String(v))])) : null,
     h('details', {}, h('summary', {}, 'All metadata'), h('pre', { class: 'meta-raw' }, JSON.stringify(meta, null, 2))));
 }

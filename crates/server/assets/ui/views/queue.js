@@ -1,13 +1,24 @@
 // Queue: every item of the default queue (other users' items arrive redacted from the server),
 // counts for "mine" and "all", cancel for my items (admins: any item), and for admins the
-// processor's pause/resume and clear. Refreshed by polling every few seconds.
+// processor's pause/resume and clear. Refreshed live by the socket's queue events (debounced),
+// with polling as the fallback: every 3 s while the socket is down, every 30 s while it is up
+// (localStorage `atelier.queuePollMs` overrides both, for tests).
 
 import { api } from '../api.js';
 import { h, mount, confirmDialog, toast, badge, formatDate, errorText, errorBox } from '../dom.js';
 import { session } from '../session.js';
+import { onEvent, onEvents, eventsConnected } from '../socket.js';
 
 const Q = 'api/v1/queue/default';
 const POLL_MS = 3000;
+const LIVE_POLL_MS = 30000;
+const QUEUE_EVENTS = ['queue_item_status_changed', 'batch_enqueued', 'queue_items_canceled', 'queue_items_retried', 'queue_cleared'];
+
+function pollInterval() {
+  const forced = Number(localStorage.getItem('atelier.queuePollMs'));
+  if (forced > 0) return forced;
+  return eventsConnected() ? LIVE_POLL_MS : POLL_MS;
+}
 const TERMINAL = new Set(['completed', 'failed', 'canceled']);
 
 export async function render(container) {
@@ -74,17 +85,46 @@ export async function render(container) {
     } catch {
       // Transient errors are retried on the next tick; a 401 has already shown the sign-in.
     }
-    if (!stopped) timer = setTimeout(poll, POLL_MS);
+    if (!stopped) {
+      clearTimeout(timer);
+      timer = setTimeout(poll, pollInterval());
+    }
   };
 
+  // A burst of events (a batch of many items) makes one refresh.
+  let eventTimer = null;
+  const refreshSoon = () => {
+    clearTimeout(eventTimer);
+    eventTimer = setTimeout(() => { if (!stopped) poll(); }, 150);
+  };
+  const live = h('span', { class: 'live-state', 'aria-live': 'polite' });
+  const drawLive = () => {
+    const on = eventsConnected();
+    live.dataset.live = String(on);
+    live.textContent = on ? '● Live' : '○ Polling';
+    live.title = on ? 'Updates arrive as they happen.' : 'Live updates are unavailable; refreshing every few seconds.';
+  };
+  const offEvents = onEvents(Object.fromEntries(QUEUE_EVENTS.map((e) => [e, refreshSoon])));
+  const offConnect = onEvent('connect', () => { drawLive(); refreshSoon(); });
+  const offDisconnect = onEvent('disconnect', () => {
+    drawLive();
+    clearTimeout(timer);
+    if (!stopped) timer = setTimeout(poll, pollInterval());
+  });
+
   mount(container,
-    h('div', { class: 'page-head' }, h('h1', {}, 'Queue'), controls),
+    h('div', { class: 'page-head' }, h('h1', {}, 'Queue'), live, controls),
     stats, alert, table);
+  drawLive();
   await load(true);
-  timer = setTimeout(poll, POLL_MS);
+  timer = setTimeout(poll, pollInterval());
   return () => {
     stopped = true;
     clearTimeout(timer);
+    clearTimeout(eventTimer);
+    offEvents();
+    offConnect();
+    offDisconnect();
   };
 }
 

@@ -1,5 +1,9 @@
-// Workflows library: my workflows plus those others share, share/unshare, delete, and import a
-// workflow from a .json file. (Running a workflow waits for the generation screens.)
+// Workflows library: my workflows plus those others share, share/unshare, delete, import a
+// workflow from a .json file, and "Run": enqueue the workflow's graph through enqueue_batch.
+// Run is offered only when the document carries a graph the queue accepts: a `graph` object, a
+// `nodes` map (already graph-shaped), or InvokeAI's editor shape (a `nodes` array of invocation
+// nodes whose inputs hold values, and `edges` between handles), converted as InvokeAI's editor
+// does when it enqueues.
 
 import { api } from '../api.js';
 import { h, mount, confirmDialog, toast, badge, formatDate, errorText, errorBox } from '../dom.js';
@@ -7,6 +11,41 @@ import { icons } from '../icons.js';
 import { session } from '../session.js';
 
 const W = 'api/v1/workflows/';
+
+const randomId = () => (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).replace(/-/g, '').slice(0, 12);
+
+/** The graph of a workflow document that enqueue_batch accepts, or null (see the header). */
+export function workflowGraph(doc) {
+  if (!doc || typeof doc !== 'object') return null;
+  const isMap = (v) => v && typeof v === 'object' && !Array.isArray(v);
+  if (isMap(doc.graph) && isMap(doc.graph.nodes) && Object.keys(doc.graph.nodes).length) {
+    return { id: doc.graph.id || `workflow:${randomId()}`, edges: [], ...doc.graph };
+  }
+  if (isMap(doc.nodes) && Object.keys(doc.nodes).length) {
+    return { id: `workflow:${randomId()}`, nodes: doc.nodes, edges: Array.isArray(doc.edges) ? doc.edges : [] };
+  }
+  if (!Array.isArray(doc.nodes)) return null;
+  const invocations = doc.nodes.filter((n) => n && n.type === 'invocation' && n.data?.id && n.data?.type);
+  if (!invocations.length) return null;
+  const ids = new Set(invocations.map((n) => n.data.id));
+  const edges = (Array.isArray(doc.edges) ? doc.edges : [])
+    .filter((e) => e && (e.type === 'default' || e.type === undefined) && ids.has(e.source) && ids.has(e.target) && e.sourceHandle && e.targetHandle);
+  const connected = new Set(edges.map((e) => `${e.target}\u0000${e.targetHandle}`));
+  const nodes = {};
+  for (const { data } of invocations) {
+    const node = { id: data.id, type: data.type, is_intermediate: data.isIntermediate ?? true, use_cache: data.useCache ?? true };
+    for (const [name, input] of Object.entries(data.inputs || {})) {
+      if (connected.has(`${data.id}\u0000${name}`)) continue;
+      if (input && typeof input === 'object' && 'value' in input && input.value !== undefined) node[name] = input.value;
+    }
+    nodes[data.id] = node;
+  }
+  return {
+    id: `workflow:${randomId()}`,
+    nodes,
+    edges: edges.map((e) => ({ source: { node_id: e.source, field: e.sourceHandle }, destination: { node_id: e.target, field: e.targetHandle } })),
+  };
+}
 
 export async function render(container) {
   const alert = errorBox();
@@ -32,6 +71,7 @@ export async function render(container) {
   });
 
   let names = new Map();
+  const docs = new Map(); // workflow_id → { updated_at, doc }
   const load = async () => {
     const [mine, shared] = await Promise.all([
       api(W, { query: { categories: 'user', order_by: 'name' } }),
@@ -40,6 +80,16 @@ export async function render(container) {
     const all = new Map();
     for (const w of [...mine.items, ...shared.items]) all.set(w.workflow_id, w);
     const list = [...all.values()];
+    // The list carries no documents; read each one to know whether it can run.
+    await Promise.all(list.map(async (w) => {
+      if (docs.has(w.workflow_id) && docs.get(w.workflow_id).updated_at === w.updated_at) return;
+      try {
+        const rec = await api(`${W}i/${encodeURIComponent(w.workflow_id)}`);
+        docs.set(w.workflow_id, { updated_at: w.updated_at, doc: rec.workflow });
+      } catch {
+        docs.set(w.workflow_id, { updated_at: w.updated_at, doc: null });
+      }
+    }));
     const own = list.filter((w) => session.isMe(w.user_id));
     const others = list.filter((w) => !session.isMe(w.user_id) && w.is_public);
     const othersPrivate = list.filter((w) => !session.isMe(w.user_id) && !w.is_public);
@@ -65,6 +115,12 @@ export async function render(container) {
           owner ? h('span', { class: 'muted' }, `by ${owner}`) : null),
         w.description ? h('div', { class: 'wf-desc' }, w.description) : null,
         h('div', { class: 'hint' }, `Updated ${formatDate(w.updated_at)}${w.tags ? ` · ${w.tags}` : ''}`)),
+      runnable(w) ? h('button', {
+        type: 'button',
+        class: 'btn small primary',
+        'aria-label': `Run ${w.name}`,
+        onclick: (e) => runWorkflow(w, e.currentTarget),
+      }, h('span', { html: icons.play }), 'Run') : null,
       canWrite && session.multiuser ? h('button', {
         type: 'button',
         class: 'btn small',
@@ -85,6 +141,28 @@ export async function render(container) {
           });
         },
       }, 'Delete') : null);
+  };
+
+  const runnable = (w) => !!workflowGraph(docs.get(w.workflow_id)?.doc);
+
+  const runWorkflow = async (w, btn) => {
+    alert.set('');
+    const doc = docs.get(w.workflow_id)?.doc;
+    const graph = workflowGraph(doc);
+    if (!graph) return;
+    btn.disabled = true;
+    try {
+      const res = await api('api/v1/queue/default/enqueue_batch', {
+        method: 'POST',
+        json: { batch: { graph, runs: 1, origin: 'workflows', destination: 'gallery', workflow: doc }, prepend: false },
+      });
+      if (!res.enqueued) throw new Error('The queue is full: nothing was enqueued.');
+      toast(`"${w.name}" enqueued (${res.enqueued} item${res.enqueued === 1 ? '' : 's'}). Follow it on the Queue page.`);
+    } catch (e) {
+      alert.set(errorText(e));
+    } finally {
+      btn.disabled = false;
+    }
   };
 
   const act = async (fn) => {
