@@ -33,4 +33,23 @@ pub enum EngineError {
     /// The scheduler has already taken every step of its schedule.
     #[error("the scheduler has no steps left (schedule of {0} timesteps)")]
     ScheduleExhausted(usize),
+    /// The run was canceled through its cancel flag (checked once per denoising step).
+    #[error("canceled")]
+    Canceled,
+    /// A model file or folder is missing, unreadable, truncated or inconsistent (a corrupt safetensors header,
+    /// a tensor with the wrong shape, a config value this engine does not support, ...).
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    /// Reading or writing a file failed.
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// The tensor back end (candle) reported an error.
+    #[error("tensor back end: {0}")]
+    Backend(String),
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Backend(e.to_string())
+    }
 }

@@ -1,16 +1,25 @@
-//! The Stable Diffusion engine: everything between a validated generation request and latents.
+//! The Stable Diffusion engine: everything between a validated generation request and pixels.
 //!
-//! So far this crate holds the two parts that need no neural network:
-//!
-//! - [`noise`]: PyTorch-exact CPU random numbers (MT19937 plus `torch.randn`'s Box-Muller layout), so that a
-//!   seed gives InvokeAI's initial latents bit for bit (spec `generation.md` §10.1).
+//! - [`noise`]: PyTorch-exact CPU random numbers, so that a seed gives InvokeAI's initial latents bit for bit
+//!   (spec `generation.md` §10.1).
 //! - [`schedulers`]: diffusers-compatible noise schedulers with InvokeAI's per-name overrides (§10.3, §10.6).
+//! - [`tokenizer`] and [`clip`]: our CLIP BPE tokenizer and text transformer (§10.2).
+//! - [`pipeline`]: SD 1.x/2.x on candle — [`pipeline::Sd`] loads a diffusers folder and runs prompt encoding,
+//!   the denoising loop, VAE decode and encode with InvokeAI's semantics (§10.3–§10.5).
+//! - [`tiny`]: random-weight tiny models in diffusers layout, for tests and benchmarks.
 //!
-//! The crate is a pure library: no I/O, no printing, errors as [`EngineError`]. Latents are plain `f32` slices
-//! in row-major (N, C, H, W) order; the UNet call sits outside the schedulers.
+//! The crate never downloads anything and never prints; it reads model files when asked to load them. Errors
+//! are [`EngineError`]. CPU f32 is the default; the `cuda` feature forwards to candle's CUDA back end.
 
+pub mod clip;
+pub mod config;
 mod error;
 pub mod noise;
+pub mod pipeline;
 pub mod schedulers;
+pub mod tiny;
+pub mod tokenizer;
+pub mod weights;
 
+pub use candle_core as candle;
 pub use error::EngineError;

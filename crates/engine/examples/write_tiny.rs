@@ -1,0 +1,28 @@
+//! Writes the tiny test models: `cargo run -p atelier-engine --example write_tiny -- <dir> [seed]`.
+//!
+//! Creates `<dir>/sd1`, `<dir>/sd2` and `<dir>/sd2v` (diffusers layout), the models the parity fixtures of
+//! `tools/reference/make_pipeline_fixtures.py` are computed on.
+
+use std::path::PathBuf;
+
+use atelier_engine::tiny::{write_tiny_sd, Family};
+
+/// The seed the committed fixtures were made with.
+const DEFAULT_SEED: u64 = 1234;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(args.next().ok_or("usage: write_tiny <dir> [seed]")?);
+    let seed = match args.next() {
+        Some(s) => s.parse()?,
+        None => DEFAULT_SEED,
+    };
+    for (name, family) in [
+        ("sd1", Family::Sd1),
+        ("sd2", Family::Sd2),
+        ("sd2v", Family::Sd2V),
+    ] {
+        write_tiny_sd(&dir.join(name), family, seed)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,484 @@
+//! Tiny random-weight Stable Diffusion models in diffusers layout, for tests (ours and the server's) and
+//! benchmarks. Nothing is downloaded: [`write_tiny_sd`] writes `model_index.json`, `unet/`, `vae/`,
+//! `text_encoder/`, `tokenizer/` and `scheduler/` from a seed, deterministically, and diffusers/transformers load
+//! the result as they load a real model (the parity fixtures are made that way).
+//!
+//! Sizes: UNet block_out_channels [32, 64] (one cross-attention block, 2 heads), layers_per_block 1,
+//! cross_attention_dim 32; VAE four blocks of 32 channels (so latents are 1/8 of the image, as in SD); CLIP text
+//! encoder width 32 with 2 layers and a byte-level vocabulary plus a few merges. All group norms use 32 groups
+//! (candle's UNet blocks ignore any other count).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
+use serde_json::{json, Value};
+
+use crate::config::{unet_spec, vae_spec};
+use crate::noise::TorchGenerator;
+use crate::tokenizer::byte_symbols;
+use crate::weights::write_f32_safetensors_streaming;
+use crate::EngineError;
+
+/// Which model shape to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// SD 1.x: quick-GELU CLIP, `<|endoftext|>` padding, conv projections, ε-prediction.
+    Sd1,
+    /// SD 2.x base: GELU (OpenCLIP) text encoder, `!` padding, linear projections, ε-prediction.
+    Sd2,
+    /// SD 2.x 768-v: as [`Family::Sd2`] with v-prediction.
+    Sd2V,
+}
+
+/// The words whose BPE merges the tiny vocabulary has (every other word is spelt in bytes).
+const TINY_WORDS: [&str; 16] = [
+    "photo", "of", "the", "cat", "dog", "red", "blue", "sitting", "on", "and", "in", "painting",
+    "forest", "house", "with", "tree",
+];
+
+fn io(path: &Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Io(format!("{}: {e}", path.display()))
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<(), EngineError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| io(path, e))?;
+    std::fs::write(path, text + "\n").map_err(|e| io(path, e))
+}
+
+fn mkdir(path: &Path) -> Result<(), EngineError> {
+    std::fs::create_dir_all(path).map_err(|e| io(path, e))
+}
+
+/// The tiny tokenizer: byte symbols, byte symbols with `</w>`, the merges of [`TINY_WORDS`], then the two
+/// specials (CLIP's own layout, in miniature).
+fn tiny_vocab() -> (BTreeMap<String, u32>, Vec<(String, String)>) {
+    let mut vocab = BTreeMap::new();
+    let symbols = byte_symbols();
+    for (i, c) in symbols.iter().enumerate() {
+        vocab.insert(c.to_string(), i as u32);
+    }
+    for (i, c) in symbols.iter().enumerate() {
+        vocab.insert(format!("{c}</w>"), (256 + i) as u32);
+    }
+    let mut merges = Vec::new();
+    let mut next = 512u32;
+    for word in TINY_WORDS {
+        let chars: Vec<char> = word.chars().collect();
+        let mut current = chars[0].to_string();
+        for (k, c) in chars.iter().enumerate().skip(1) {
+            let second = if k + 1 == chars.len() {
+                format!("{c}</w>")
+            } else {
+                c.to_string()
+            };
+            let merged = format!("{current}{second}");
+            if !vocab.contains_key(&merged) {
+                merges.push((current.clone(), second.clone()));
+                vocab.insert(merged.clone(), next);
+                next += 1;
+            }
+            current = merged;
+        }
+    }
+    vocab.insert("<|startoftext|>".into(), next);
+    vocab.insert("<|endoftext|>".into(), next + 1);
+    (vocab, merges)
+}
+
+/// Tensor names with their shapes.
+type TensorSpecs = Vec<(String, Vec<usize>)>;
+
+/// Records the tensors a candle model asks for.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<TensorSpecs>>,
+}
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push((name.to_string(), s.dims().to_vec()));
+        }
+        Tensor::zeros(s, dtype, dev)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::Msg(format!(
+            "recorder: no shape for '{name}'"
+        )))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        // Ask for diffusers' current attention names in the VAE.
+        name.ends_with("to_q.weight")
+    }
+}
+
+impl Recorder {
+    fn builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, Device::Cpu)
+    }
+
+    fn names(&self) -> TensorSpecs {
+        let mut seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+}
+
+/// Deterministic random values for one named tensor, continuing `generator`'s stream: norms near 1, biases
+/// small, weights N(0, 1/fan_in).
+fn random_values(generator: &mut TorchGenerator, name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let mut values = generator.randn(n.max(16));
+    values.truncate(n);
+    let (scale, offset) = if shape.len() == 1 {
+        if name.contains("norm") && name.ends_with("weight") {
+            (0.1, 1.0)
+        } else {
+            (0.1, 0.0)
+        }
+    } else {
+        let fan_in: usize = shape[1..].iter().product();
+        (1.0 / (fan_in.max(1) as f32).sqrt(), 0.0)
+    };
+    for v in &mut values {
+        *v = *v * scale + offset;
+    }
+    values
+}
+
+/// Writes random weights for the named tensors, in name order, streaming.
+fn write_random(path: &Path, names: &[(String, Vec<usize>)], seed: u64) -> Result<(), EngineError> {
+    let mut generator = TorchGenerator::new(seed);
+    write_f32_safetensors_streaming(path, names, |name, shape| {
+        random_values(&mut generator, name, shape)
+    })
+}
+
+fn unet_config(family: Family) -> Value {
+    let sd2 = family != Family::Sd1;
+    json!({
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": "0.42.1",
+        "act_fn": "silu",
+        "attention_head_dim": if sd2 { json!([2, 4]) } else { json!(2) },
+        "block_out_channels": [32, 64],
+        "center_input_sample": false,
+        "cross_attention_dim": 32,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1,
+        "flip_sin_to_cos": true,
+        "freq_shift": 0,
+        "in_channels": 4,
+        "layers_per_block": 1,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "norm_num_groups": 32,
+        "out_channels": 4,
+        "sample_size": 8,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "use_linear_projection": sd2,
+    })
+}
+
+fn vae_config() -> Value {
+    json!({
+        "_class_name": "AutoencoderKL",
+        "_diffusers_version": "0.42.1",
+        "act_fn": "silu",
+        "block_out_channels": [32, 32, 32, 32],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "in_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 32,
+        "out_channels": 3,
+        "sample_size": 64,
+        "scaling_factor": 0.18215,
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+    })
+}
+
+fn scheduler_config(family: Family) -> Value {
+    match family {
+        // stable-diffusion-v1-5/scheduler/scheduler_config.json
+        Family::Sd1 => json!({
+            "_class_name": "PNDMScheduler",
+            "_diffusers_version": "0.6.0",
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "num_train_timesteps": 1000,
+            "set_alpha_to_one": false,
+            "skip_prk_steps": true,
+            "steps_offset": 1,
+            "trained_betas": null,
+            "clip_sample": false,
+        }),
+        // stable-diffusion-2-1(-base)/scheduler/scheduler_config.json
+        Family::Sd2 | Family::Sd2V => json!({
+            "_class_name": "DDIMScheduler",
+            "_diffusers_version": "0.8.0",
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "clip_sample": false,
+            "num_train_timesteps": 1000,
+            "prediction_type": if family == Family::Sd2V { "v_prediction" } else { "epsilon" },
+            "set_alpha_to_one": false,
+            "skip_prk_steps": true,
+            "steps_offset": 1,
+            "trained_betas": null,
+        }),
+    }
+}
+
+const TEXT_HIDDEN: usize = 32;
+const TEXT_LAYERS: usize = 2;
+const TEXT_INTERMEDIATE: usize = 64;
+const TEXT_POSITIONS: usize = 77;
+
+fn text_encoder_names(vocab_size: usize) -> TensorSpecs {
+    let h = TEXT_HIDDEN;
+    let mut names = vec![
+        (
+            "text_model.embeddings.token_embedding.weight".to_string(),
+            vec![vocab_size, h],
+        ),
+        (
+            "text_model.embeddings.position_embedding.weight".to_string(),
+            vec![TEXT_POSITIONS, h],
+        ),
+        ("text_model.final_layer_norm.weight".to_string(), vec![h]),
+        ("text_model.final_layer_norm.bias".to_string(), vec![h]),
+    ];
+    for i in 0..TEXT_LAYERS {
+        let p = format!("text_model.encoder.layers.{i}");
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            names.push((format!("{p}.self_attn.{proj}.weight"), vec![h, h]));
+            names.push((format!("{p}.self_attn.{proj}.bias"), vec![h]));
+        }
+        for norm in ["layer_norm1", "layer_norm2"] {
+            names.push((format!("{p}.{norm}.weight"), vec![h]));
+            names.push((format!("{p}.{norm}.bias"), vec![h]));
+        }
+        names.push((format!("{p}.mlp.fc1.weight"), vec![TEXT_INTERMEDIATE, h]));
+        names.push((format!("{p}.mlp.fc1.bias"), vec![TEXT_INTERMEDIATE]));
+        names.push((format!("{p}.mlp.fc2.weight"), vec![h, TEXT_INTERMEDIATE]));
+        names.push((format!("{p}.mlp.fc2.bias"), vec![h]));
+    }
+    names.sort();
+    names
+}
+
+/// Writes a tiny random-weight SD model of `family` into `dir` (created if needed), deterministically from
+/// `seed`.
+pub fn write_tiny_sd(dir: &Path, family: Family, seed: u64) -> Result<(), EngineError> {
+    let sd2 = family != Family::Sd1;
+    for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+        mkdir(&dir.join(sub))?;
+    }
+    let scheduler_class = if sd2 {
+        "DDIMScheduler"
+    } else {
+        "PNDMScheduler"
+    };
+    write_json(
+        &dir.join("model_index.json"),
+        &json!({
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": "0.42.1",
+            "feature_extractor": [null, null],
+            "requires_safety_checker": false,
+            "safety_checker": [null, null],
+            "scheduler": ["diffusers", scheduler_class],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }),
+    )?;
+    write_json(
+        &dir.join("scheduler").join("scheduler_config.json"),
+        &scheduler_config(family),
+    )?;
+
+    // Tokenizer.
+    let (vocab, merges) = tiny_vocab();
+    let tok = dir.join("tokenizer");
+    let vocab_json: serde_json::Map<String, Value> =
+        vocab.iter().map(|(k, &v)| (k.clone(), json!(v))).collect();
+    std::fs::write(
+        tok.join("vocab.json"),
+        serde_json::to_string(&vocab_json).map_err(|e| io(&tok, e))?,
+    )
+    .map_err(|e| io(&tok, e))?;
+    let mut merges_text = String::from("#version: 0.2\n");
+    for (a, b) in &merges {
+        merges_text.push_str(&format!("{a} {b}\n"));
+    }
+    std::fs::write(tok.join("merges.txt"), merges_text).map_err(|e| io(&tok, e))?;
+    let pad = if sd2 { "!" } else { "<|endoftext|>" };
+    write_json(
+        &tok.join("special_tokens_map.json"),
+        &json!({
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": pad,
+            "unk_token": "<|endoftext|>",
+        }),
+    )?;
+    write_json(
+        &tok.join("tokenizer_config.json"),
+        &json!({
+            "add_prefix_space": false,
+            "bos_token": "<|startoftext|>",
+            "do_lower_case": true,
+            "eos_token": "<|endoftext|>",
+            "errors": "replace",
+            "model_max_length": 77,
+            "pad_token": pad,
+            "tokenizer_class": "CLIPTokenizer",
+            "unk_token": "<|endoftext|>",
+        }),
+    )?;
+
+    // Text encoder.
+    let vocab_size = vocab.len();
+    let id = |t: &str| vocab.get(t).copied().unwrap_or(0);
+    let te = dir.join("text_encoder");
+    write_json(
+        &te.join("config.json"),
+        &json!({
+            "architectures": ["CLIPTextModel"],
+            "attention_dropout": 0.0,
+            "bos_token_id": id("<|startoftext|>"),
+            "dropout": 0.0,
+            "eos_token_id": id("<|endoftext|>"),
+            "hidden_act": if sd2 { "gelu" } else { "quick_gelu" },
+            "hidden_size": TEXT_HIDDEN,
+            "initializer_factor": 1.0,
+            "initializer_range": 0.02,
+            "intermediate_size": TEXT_INTERMEDIATE,
+            "layer_norm_eps": 1e-05,
+            "max_position_embeddings": TEXT_POSITIONS,
+            "model_type": "clip_text_model",
+            "num_attention_heads": 2,
+            "num_hidden_layers": TEXT_LAYERS,
+            "pad_token_id": id(pad),
+            "projection_dim": TEXT_HIDDEN,
+            "torch_dtype": "float32",
+            "vocab_size": vocab_size,
+        }),
+    )?;
+    write_random(
+        &te.join("model.safetensors"),
+        &text_encoder_names(vocab_size),
+        seed.wrapping_add(1),
+    )?;
+
+    // UNet: the tensor names and shapes are those candle's model asks for.
+    let unet_dir = dir.join("unet");
+    let unet_config_path = unet_dir.join("config.json");
+    write_json(&unet_config_path, &unet_config(family))?;
+    let spec = unet_spec(&unet_config_path)?;
+    let recorder = Recorder::default();
+    UNet2DConditionModel::new(
+        recorder.builder(),
+        spec.in_channels,
+        spec.out_channels,
+        false,
+        spec.config,
+    )?;
+    write_random(
+        &unet_dir.join("diffusion_pytorch_model.safetensors"),
+        &recorder.names(),
+        seed.wrapping_add(2),
+    )?;
+
+    // VAE.
+    let vae_dir = dir.join("vae");
+    let vae_config_path = vae_dir.join("config.json");
+    write_json(&vae_config_path, &vae_config())?;
+    let spec = vae_spec(&vae_config_path)?;
+    let recorder = Recorder::default();
+    AutoEncoderKL::new(
+        recorder.builder(),
+        spec.in_channels,
+        spec.out_channels,
+        spec.config,
+    )?;
+    write_random(
+        &vae_dir.join("diffusion_pytorch_model.safetensors"),
+        &recorder.names(),
+        seed.wrapping_add(3),
+    )?;
+    Ok(())
+}
+
+/// Writes a random-weight UNet (config.json + weights) for an arbitrary diffusers SD 1.x/2.x UNet config (for
+/// benchmarks with SD1.5-shaped weights).
+pub fn write_random_unet(dir: &Path, config: &Value, seed: u64) -> Result<(), EngineError> {
+    mkdir(dir)?;
+    let path = dir.join("config.json");
+    write_json(&path, config)?;
+    let spec = unet_spec(&path)?;
+    let recorder = Recorder::default();
+    UNet2DConditionModel::new(
+        recorder.builder(),
+        spec.in_channels,
+        spec.out_channels,
+        false,
+        spec.config,
+    )?;
+    write_random(
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        &recorder.names(),
+        seed,
+    )
+}
+
+/// Writes a random-weight VAE for an arbitrary diffusers VAE config.
+pub fn write_random_vae(dir: &Path, config: &Value, seed: u64) -> Result<(), EngineError> {
+    mkdir(dir)?;
+    let path = dir.join("config.json");
+    write_json(&path, config)?;
+    let spec = vae_spec(&path)?;
+    let recorder = Recorder::default();
+    AutoEncoderKL::new(
+        recorder.builder(),
+        spec.in_channels,
+        spec.out_channels,
+        spec.config,
+    )?;
+    write_random(
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        &recorder.names(),
+        seed,
+    )
+}
+
+/// The tiny tokenizer's vocabulary (for tests).
+pub fn tiny_vocabulary() -> HashMap<String, u32> {
+    tiny_vocab().0.into_iter().collect()
+}

@@ -1,0 +1,443 @@
+//! The CLIP BPE tokenizer, built from a model's `vocab.json` + `merges.txt` (spec `generation.md` §10.2, §12a).
+//!
+//! It reproduces transformers' `CLIPTokenizer`: NFC normalisation, runs of whitespace collapsed to one space,
+//! lower case; the CLIP pre-tokenisation regex (`'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+`, the
+//! special tokens kept whole); GPT-2's byte-to-unicode mapping; BPE by merge rank with `</w>` on each word's last
+//! symbol. Windows are `[BOS] ≤75 tokens [EOS]` padded to 77 with the pad token of the model's tokenizer files
+//! (`<|endoftext|>` for SD 1.x, `!` for the OpenCLIP tokenizers of SD 2.x).
+//!
+//! Long prompts are split the way InvokeAI's compel (`truncate_long_prompts=False`,
+//! `SplitLongTextMode.SENTENCES`) splits them: each chunk takes at most 75 tokens, cut after the last `.` within
+//! them, else after the last `,` `.` `;` `:`, else after the last word end, else at 75.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use regex::Regex;
+use unicode_normalization::UnicodeNormalization;
+
+use crate::EngineError;
+
+/// The window length of CLIP text encoders.
+pub const MAX_LENGTH: usize = 77;
+
+const BOS_DEFAULT: &str = "<|startoftext|>";
+const EOS_DEFAULT: &str = "<|endoftext|>";
+
+/// A CLIP BPE tokenizer.
+pub struct ClipTokenizer {
+    encoder: HashMap<String, u32>,
+    decoder: HashMap<u32, String>,
+    ranks: HashMap<(String, String), usize>,
+    byte_encoder: [char; 256],
+    pattern: Regex,
+    bos: u32,
+    eos: u32,
+    pad: u32,
+    max_length: usize,
+    specials: Vec<(String, u32)>,
+}
+
+/// GPT-2's reversible byte → unicode table (printable bytes map to themselves, the rest to U+0100 onwards).
+fn bytes_to_unicode() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..256u32 {
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let c = if printable {
+            b
+        } else {
+            n += 1;
+            255 + n
+        };
+        // Every value here is below 0x200, a valid scalar value.
+        table[b as usize] = char::from_u32(c).unwrap_or('\0');
+    }
+    table
+}
+
+/// The 256 byte symbols in CLIP's vocabulary order (the order of `bytes_to_unicode().values()`).
+pub fn byte_symbols() -> Vec<char> {
+    let table = bytes_to_unicode();
+    let mut order: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    for b in 0..256u32 {
+        if !order.contains(&b) {
+            order.push(b);
+        }
+    }
+    order.into_iter().map(|b| table[b as usize]).collect()
+}
+
+fn token_from_config(value: Option<&serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EngineError::Io(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", path.display())))
+}
+
+/// The special tokens a tokenizer folder configures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// Beginning of sequence (`<|startoftext|>`).
+    pub bos: String,
+    /// End of sequence (`<|endoftext|>`).
+    pub eos: String,
+    /// Padding (`<|endoftext|>` for SD 1.x, `!` for OpenCLIP).
+    pub pad: String,
+    /// The window length (`model_max_length`, 77).
+    pub max_length: usize,
+}
+
+impl SpecialTokens {
+    /// SD 1.x / SDXL encoder 1 (openai CLIP).
+    pub fn openai_clip() -> Self {
+        Self {
+            bos: BOS_DEFAULT.into(),
+            eos: EOS_DEFAULT.into(),
+            pad: EOS_DEFAULT.into(),
+            max_length: MAX_LENGTH,
+        }
+    }
+
+    /// SD 2.x / SDXL encoder 2 (OpenCLIP): pads with `!`.
+    pub fn open_clip() -> Self {
+        Self {
+            pad: "!".into(),
+            ..Self::openai_clip()
+        }
+    }
+
+    /// Reads `tokenizer_config.json`, then `special_tokens_map.json` for what the first lacks.
+    pub fn from_dir(dir: &Path) -> Result<Self, EngineError> {
+        let config = read_json(&dir.join("tokenizer_config.json"))?;
+        let map = read_json(&dir.join("special_tokens_map.json"))?;
+        let pick = |key: &str| {
+            token_from_config(config.as_ref().and_then(|c| c.get(key)))
+                .or_else(|| token_from_config(map.as_ref().and_then(|c| c.get(key))))
+        };
+        let defaults = Self::openai_clip();
+        let max_length = config
+            .as_ref()
+            .and_then(|c| c.get("model_max_length"))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| (3..=4096).contains(&n))
+            .unwrap_or(MAX_LENGTH);
+        Ok(Self {
+            bos: pick("bos_token").unwrap_or(defaults.bos),
+            eos: pick("eos_token").unwrap_or(defaults.eos),
+            pad: pick("pad_token").unwrap_or(defaults.pad),
+            max_length,
+        })
+    }
+}
+
+impl ClipTokenizer {
+    /// Loads `vocab.json`, `merges.txt` and the special-token configuration from a tokenizer folder.
+    pub fn from_dir(dir: &Path) -> Result<Self, EngineError> {
+        let vocab_path = dir.join("vocab.json");
+        let merges_path = dir.join("merges.txt");
+        let vocab = std::fs::read_to_string(&vocab_path)
+            .map_err(|e| EngineError::Io(format!("{}: {e}", vocab_path.display())))?;
+        let merges = std::fs::read_to_string(&merges_path)
+            .map_err(|e| EngineError::Io(format!("{}: {e}", merges_path.display())))?;
+        let vocab: HashMap<String, u32> = serde_json::from_str(&vocab)
+            .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", vocab_path.display())))?;
+        Self::new(vocab, &merges, SpecialTokens::from_dir(dir)?)
+    }
+
+    /// Builds a tokenizer from a vocabulary, the text of a merges file and the special tokens.
+    pub fn new(
+        vocab: HashMap<String, u32>,
+        merges: &str,
+        specials: SpecialTokens,
+    ) -> Result<Self, EngineError> {
+        let mut ranks = HashMap::new();
+        for line in merges.lines() {
+            if line.starts_with("#version") || line.trim().is_empty() {
+                continue;
+            }
+            let mut parts = line.split(' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(a), Some(b), None) => {
+                    let rank = ranks.len();
+                    ranks.entry((a.to_string(), b.to_string())).or_insert(rank);
+                }
+                _ => {
+                    return Err(EngineError::InvalidModel(format!(
+                        "merges.txt: bad line '{line}'"
+                    )))
+                }
+            }
+        }
+        let id = |token: &str| {
+            vocab.get(token).copied().ok_or_else(|| {
+                EngineError::InvalidModel(format!("tokenizer: '{token}' is not in vocab.json"))
+            })
+        };
+        let (bos, eos, pad) = (id(&specials.bos)?, id(&specials.eos)?, id(&specials.pad)?);
+        let pattern = Regex::new(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
+            .map_err(|e| EngineError::InvalidModel(format!("tokenizer regex: {e}")))?;
+        let decoder = vocab.iter().map(|(k, &v)| (v, k.clone())).collect();
+        let mut special_list = vec![(specials.bos.clone(), bos), (specials.eos.clone(), eos)];
+        if !special_list.iter().any(|(s, _)| *s == specials.pad) {
+            special_list.push((specials.pad.clone(), pad));
+        }
+        if specials.max_length < 3 {
+            return Err(EngineError::InvalidModel(
+                "tokenizer: model_max_length below 3".into(),
+            ));
+        }
+        Ok(Self {
+            encoder: vocab,
+            decoder,
+            ranks,
+            byte_encoder: bytes_to_unicode(),
+            pattern,
+            bos,
+            eos,
+            pad,
+            max_length: specials.max_length,
+            specials: special_list,
+        })
+    }
+
+    /// Beginning-of-sequence id.
+    pub fn bos_id(&self) -> u32 {
+        self.bos
+    }
+
+    /// End-of-sequence id.
+    pub fn eos_id(&self) -> u32 {
+        self.eos
+    }
+
+    /// Padding id.
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+    }
+
+    /// The window length (77).
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// The vocabulary size (largest id + 1).
+    pub fn vocab_size(&self) -> usize {
+        self.decoder.keys().max().map_or(0, |&m| m as usize + 1)
+    }
+
+    /// The token string of an id.
+    pub fn id_to_token(&self, id: u32) -> Option<&str> {
+        self.decoder.get(&id).map(String::as_str)
+    }
+
+    fn bpe(&self, word: &str) -> Vec<String> {
+        let chars: Vec<char> = word.chars().collect();
+        let Some((last, rest)) = chars.split_last() else {
+            return Vec::new();
+        };
+        let mut symbols: Vec<String> = rest.iter().map(|c| c.to_string()).collect();
+        symbols.push(format!("{last}</w>"));
+        loop {
+            let best = symbols
+                .windows(2)
+                .filter_map(|pair| {
+                    self.ranks
+                        .get(&(pair[0].clone(), pair[1].clone()))
+                        .map(|&r| (r, pair[0].clone(), pair[1].clone()))
+                })
+                .min_by_key(|(r, _, _)| *r);
+            let Some((_, first, second)) = best else {
+                break;
+            };
+            let mut merged = Vec::with_capacity(symbols.len());
+            let mut i = 0;
+            while i < symbols.len() {
+                if i + 1 < symbols.len() && symbols[i] == first && symbols[i + 1] == second {
+                    merged.push(format!("{first}{second}"));
+                    i += 2;
+                } else {
+                    merged.push(symbols[i].clone());
+                    i += 1;
+                }
+            }
+            symbols = merged;
+            if symbols.len() == 1 {
+                break;
+            }
+        }
+        symbols
+    }
+
+    /// The token ids of `text`, without BOS/EOS and without any length limit.
+    ///
+    /// As in transformers, the special tokens (BOS, EOS, and the pad token: `!` for OpenCLIP) are matched in the
+    /// raw text first and map straight to their ids, so with SD 2.x's tokenizer a `!` in a prompt is the pad id,
+    /// not the word-final `!</w>`. The text between them is normalised and BPE-encoded.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            // The earliest special token; the longest one when several start at the same place.
+            let next = self
+                .specials
+                .iter()
+                .filter_map(|(s, id)| {
+                    rest.find(s.as_str())
+                        .map(|at| (at, std::cmp::Reverse(s.len()), *id))
+                })
+                .min();
+            match next {
+                Some((at, std::cmp::Reverse(len), id)) => {
+                    self.encode_plain(&rest[..at], &mut ids);
+                    ids.push(id);
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    self.encode_plain(rest, &mut ids);
+                    rest = "";
+                }
+            }
+        }
+        ids
+    }
+
+    fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) {
+        let normalized: String = text.nfc().collect();
+        let mut collapsed = String::with_capacity(normalized.len());
+        let mut in_space = false;
+        for c in normalized.chars() {
+            if c.is_whitespace() {
+                if !in_space {
+                    collapsed.push(' ');
+                }
+                in_space = true;
+            } else {
+                collapsed.push(c);
+                in_space = false;
+            }
+        }
+        let lowered = collapsed.to_lowercase();
+        for piece in self.pattern.find_iter(&lowered) {
+            let word: String = piece
+                .as_str()
+                .bytes()
+                .map(|b| self.byte_encoder[b as usize])
+                .collect();
+            for symbol in self.bpe(&word) {
+                // Byte-level vocabularies contain every single symbol, so the fallback (the unknown token,
+                // `<|endoftext|>` in CLIP) only triggers on incomplete vocabularies.
+                ids.push(self.encoder.get(&symbol).copied().unwrap_or(self.eos));
+            }
+        }
+    }
+
+    fn split_point(&self, ids: &[u32], max: usize) -> usize {
+        if ids.len() <= max {
+            return max;
+        }
+        let window = &ids[..max];
+        let token = |i: usize| self.id_to_token(window[i]).unwrap_or("");
+        let find = |pred: &dyn Fn(&str) -> bool| (0..max).rev().find(|&i| pred(token(i)));
+        find(&|t| t == ".</w>")
+            .or_else(|| find(&|t| matches!(t, ".</w>" | ",</w>" | ";</w>" | ":</w>")))
+            .or_else(|| find(&|t| t.ends_with("</w>")))
+            .map_or(max, |i| i + 1)
+    }
+
+    /// The 77-token windows of `text` (§10.2): one for a short prompt, more for a long one, each
+    /// `[BOS] chunk [EOS] pad...`, concatenated.
+    pub fn windows(&self, text: &str) -> Vec<Vec<u32>> {
+        let mut remaining = self.encode(text);
+        let chunk_len = self.max_length - 2;
+        let mut windows = Vec::new();
+        loop {
+            let split = self.split_point(&remaining, chunk_len).min(remaining.len());
+            let rest = remaining.split_off(split);
+            let mut window = Vec::with_capacity(self.max_length);
+            window.push(self.bos);
+            window.extend_from_slice(&remaining);
+            window.push(self.eos);
+            window.resize(self.max_length, self.pad);
+            windows.push(window);
+            remaining = rest;
+            if remaining.is_empty() {
+                break;
+            }
+        }
+        windows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ClipTokenizer {
+        let mut vocab = HashMap::new();
+        let symbols = byte_symbols();
+        for (i, c) in symbols.iter().enumerate() {
+            vocab.insert(c.to_string(), i as u32);
+            vocab.insert(format!("{c}</w>"), (i + 256) as u32);
+        }
+        let merges = "#version: 0.2\nc a\nca t</w>\nt h\nth e</w>\n";
+        let mut next = 512;
+        for m in ["ca", "cat</w>", "th", "the</w>"] {
+            vocab.insert(m.into(), next);
+            next += 1;
+        }
+        vocab.insert(BOS_DEFAULT.into(), next);
+        vocab.insert(EOS_DEFAULT.into(), next + 1);
+        ClipTokenizer::new(vocab, merges, SpecialTokens::openai_clip()).unwrap()
+    }
+
+    #[test]
+    fn bpe_merges_and_word_ends() {
+        let t = tiny();
+        let ids = t.encode("  The   CAT! ");
+        let tokens: Vec<&str> = ids.iter().map(|&i| t.id_to_token(i).unwrap()).collect();
+        assert_eq!(tokens, vec!["the</w>", "cat</w>", "!</w>"]);
+        let tokens: Vec<String> = t
+            .encode("cats 12")
+            .iter()
+            .map(|&i| t.id_to_token(i).unwrap().to_string())
+            .collect();
+        assert_eq!(tokens, vec!["ca", "t", "s</w>", "1</w>", "2</w>"]);
+    }
+
+    #[test]
+    fn windows_pad_and_chunk() {
+        let t = tiny();
+        let w = t.windows("");
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0][0], t.bos_id());
+        assert_eq!(w[0][1], t.eos_id());
+        assert_eq!(w[0].len(), 77);
+        // 80 words of one token each, a sentence end after the 10th: the first chunk ends there.
+        let mut text = String::new();
+        for i in 0..80 {
+            text.push_str("the ");
+            if i == 9 {
+                text.push_str(". ");
+            }
+        }
+        let w = t.windows(&text);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0][12], t.eos_id());
+        assert!(w.iter().all(|x| x.len() == 77));
+    }
+}

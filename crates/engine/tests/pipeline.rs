@@ -1,0 +1,217 @@
+//! Behaviour of the candle pipeline on a tiny model: progress, cancellation, errors, and loading variants.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use atelier_engine::candle::{DType, Device};
+use atelier_engine::pipeline::{latents_to_vec, CfgScale, DenoiseRequest, Sd, StepProgress};
+use atelier_engine::tiny::{write_tiny_sd, Family};
+use atelier_engine::weights::{write_f32_safetensors, SafetensorsFiles};
+use atelier_engine::EngineError;
+
+fn tiny(family: Family) -> (tempfile::TempDir, Sd) {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_sd(dir.path(), family, 7).unwrap();
+    let sd = Sd::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    (dir, sd)
+}
+
+fn request(sd: &Sd, scheduler: &str) -> DenoiseRequest {
+    DenoiseRequest {
+        positive: sd.encode_prompt("a photo of a cat", 0).unwrap(),
+        negative: sd.encode_prompt("", 0).unwrap(),
+        noise: Some(Sd::noise(1, 64, 64).unwrap()),
+        latents: None,
+        steps: 4,
+        cfg_scale: CfgScale::Scalar(7.5),
+        cfg_rescale_multiplier: 0.0,
+        scheduler: scheduler.into(),
+        denoising_start: 0.0,
+        denoising_end: 1.0,
+        seed: 1,
+    }
+}
+
+#[test]
+fn progress_every_step_and_cancel_stops() {
+    let (_dir, sd) = tiny(Family::Sd1);
+    let req = request(&sd, "euler");
+    let mut steps = Vec::new();
+    let mut sink = |p: &StepProgress<'_>| steps.push((p.step, p.total_steps));
+    let out = sd
+        .denoise(&req, &mut sink, &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(steps, vec![(1, 4), (2, 4), (3, 4), (4, 4)]);
+    assert_eq!(out.dims(), &[1, 4, 8, 8]);
+    // Deterministic.
+    let again = sd
+        .denoise(
+            &req,
+            &mut atelier_engine::pipeline::NoProgress,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+    assert_eq!(
+        latents_to_vec(&out).unwrap(),
+        latents_to_vec(&again).unwrap()
+    );
+
+    // Cancel after the second step: the third never runs.
+    let cancel = AtomicBool::new(false);
+    let mut seen = 0;
+    let mut sink = |p: &StepProgress<'_>| {
+        seen = p.step;
+        if p.step == 2 {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    };
+    assert!(matches!(
+        sd.denoise(&req, &mut sink, &cancel),
+        Err(EngineError::Canceled)
+    ));
+    assert_eq!(seen, 2);
+}
+
+#[test]
+fn invalid_requests_are_errors() {
+    let (_dir, sd) = tiny(Family::Sd2V);
+    let no = AtomicBool::new(false);
+    let mut sink = atelier_engine::pipeline::NoProgress;
+    let base = request(&sd, "dpmpp_2m");
+    let bad = |r: DenoiseRequest| sd.denoise(&r, &mut atelier_engine::pipeline::NoProgress, &no);
+    assert!(matches!(
+        bad(DenoiseRequest {
+            steps: 0,
+            ..base.clone()
+        }),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        bad(DenoiseRequest {
+            scheduler: "pndm".into(),
+            ..base.clone()
+        }),
+        Err(EngineError::UnsupportedScheduler(_))
+    ));
+    assert!(matches!(
+        bad(DenoiseRequest {
+            noise: None,
+            ..base.clone()
+        }),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        bad(DenoiseRequest {
+            cfg_scale: CfgScale::PerStep(vec![1.0]),
+            ..base.clone()
+        }),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        bad(DenoiseRequest {
+            denoising_start: 0.8,
+            denoising_end: 0.2,
+            ..base.clone()
+        }),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    let wrong_width = sd.encode_prompt("x", 0).unwrap().narrow(2, 0, 16).unwrap();
+    assert!(matches!(
+        bad(DenoiseRequest {
+            positive: wrong_width,
+            ..base.clone()
+        }),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Sd::noise(1, 60, 64),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        sd.encode_prompt("x", 2),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    // Everything skipped: the latents come back unchanged.
+    let latents = Sd::noise(9, 64, 64).unwrap();
+    let out = sd
+        .denoise(
+            &DenoiseRequest {
+                latents: Some(latents.clone()),
+                denoising_start: 1.0,
+                ..base.clone()
+            },
+            &mut sink,
+            &no,
+        )
+        .unwrap();
+    assert_eq!(
+        latents_to_vec(&out).unwrap(),
+        latents_to_vec(&latents).unwrap()
+    );
+    // Image to image round trip keeps the size; odd sizes are cut to multiples of 8.
+    let image = image::RgbImage::from_pixel(70, 41, image::Rgb([200, 30, 90]));
+    let z = sd.encode(&image).unwrap();
+    assert_eq!(z.dims(), &[1, 4, 5, 8]);
+    assert_eq!(sd.decode(&z).unwrap().dimensions(), (64, 40));
+    assert!(matches!(
+        sd.encode(&image::RgbImage::new(4, 4)),
+        Err(EngineError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn text_encoder_keys_without_the_text_model_prefix_load_the_same() {
+    let (dir, sd) = tiny(Family::Sd1);
+    let before = latents_to_vec(&sd.encode_prompt("a red dog", 1).unwrap()).unwrap();
+    let path = dir.path().join("text_encoder").join("model.safetensors");
+    let files = SafetensorsFiles::open(&[&path]).unwrap();
+    let mut names: Vec<String> = files.names().map(str::to_string).collect();
+    names.sort();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = names
+        .iter()
+        .map(|n| {
+            let t = files.load(n, DType::F32, &Device::Cpu).unwrap();
+            let stripped = n.strip_prefix("text_model.").unwrap().to_string();
+            (stripped, t.dims().to_vec(), latents_to_vec(&t).unwrap())
+        })
+        .collect();
+    drop(files);
+    write_f32_safetensors(&path, &tensors).unwrap();
+    let sd = Sd::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let after = latents_to_vec(&sd.encode_prompt("a red dog", 1).unwrap()).unwrap();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn broken_models_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_sd(dir.path(), Family::Sd1, 3).unwrap();
+    let unet = dir
+        .path()
+        .join("unet")
+        .join("diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&unet).unwrap();
+    std::fs::write(&unet, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(
+        Sd::load(dir.path(), &Device::Cpu, DType::F32),
+        Err(EngineError::InvalidModel(_))
+    ));
+    // A UNet config this engine cannot run (SDXL's addition embedding).
+    std::fs::write(&unet, &bytes).unwrap();
+    let config = dir.path().join("unet").join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen('{', "{\"addition_embed_type\": \"text_time\",", 1),
+    )
+    .unwrap();
+    assert!(matches!(
+        Sd::load(dir.path(), &Device::Cpu, DType::F32),
+        Err(EngineError::InvalidModel(m)) if m.contains("addition_embed_type")
+    ));
+    assert!(matches!(
+        Sd::load(&dir.path().join("nope"), &Device::Cpu, DType::F32),
+        Err(EngineError::InvalidModel(_))
+    ));
+}
