@@ -18,6 +18,7 @@ mod cors_refresh;
 mod events;
 mod gallery;
 mod generate;
+mod generation_e2e;
 mod guards;
 mod images;
 mod isolation;

@@ -8,6 +8,7 @@ pub mod boards;
 pub mod content;
 pub mod downloads;
 pub mod generate;
+pub mod generation;
 pub mod images;
 pub mod models;
 pub mod queue;

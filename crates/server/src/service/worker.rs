@@ -11,6 +11,7 @@
 use crate::events::Event;
 use crate::http::error::ApiError;
 use crate::media::{self, PngText};
+use crate::service::generation;
 use crate::service::queue::{publish_status, Running};
 use crate::state::AppState;
 use atelier_domain::content::{self, ImageCategory, ResourceOrigin};
@@ -56,11 +57,21 @@ enum Call {
         key: String,
         reply: oneshot::Sender<Result<bool, NodeError>>,
     },
+    ModelRecord {
+        key: String,
+        reply: oneshot::Sender<Result<Option<Value>, NodeError>>,
+    },
+    ModelLoad {
+        complete: bool,
+        record: Value,
+        submodel: Option<String>,
+    },
 }
 
 /// One node for the executor thread.
 struct Job {
     tensors: crate::service::tensors::TensorStore,
+    models_dir: std::path::PathBuf,
     spec: &'static NodeSpec,
     inputs: Inputs,
     cancel: Arc<AtomicBool>,
@@ -73,7 +84,9 @@ struct Job {
 }
 
 /// The executor thread's side of [`Context`].
-struct ThreadContext {
+struct ThreadContext<'a> {
+    cache: &'a mut generation::ModelCache,
+    models_dir: std::path::PathBuf,
     tensors: crate::service::tensors::TensorStore,
     cancel: Arc<AtomicBool>,
     workflow: Option<String>,
@@ -86,7 +99,65 @@ fn lost() -> NodeError {
     NodeError::new("RuntimeError", "The server is shutting down")
 }
 
-impl Context for ThreadContext {
+/// The runtime's side, as the generation adapter sees it.
+struct ThreadHost<'b> {
+    calls: &'b mpsc::UnboundedSender<Call>,
+    models_dir: &'b std::path::Path,
+}
+
+impl generation::Host for ThreadHost<'_> {
+    fn model_record(&mut self, key: &str) -> Result<Option<Value>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.calls
+            .send(Call::ModelRecord {
+                key: key.to_owned(),
+                reply,
+            })
+            .map_err(|_| lost())?;
+        rx.blocking_recv().map_err(|_| lost())?
+    }
+
+    fn models_dir(&self) -> &std::path::Path {
+        self.models_dir
+    }
+
+    fn model_load(&mut self, complete: bool, record: &Value, submodel: Option<&str>) {
+        let _ = self.calls.send(Call::ModelLoad {
+            complete,
+            record: record.clone(),
+            submodel: submodel.map(str::to_owned),
+        });
+    }
+
+    fn progress(&mut self, message: &str, percentage: Option<f64>) {
+        let _ = self.calls.send(Call::Progress {
+            message: message.to_owned(),
+            percentage,
+        });
+    }
+}
+
+impl ThreadContext<'_> {
+    /// Splits the context into the model cache, the host and the tensor store.
+    fn parts(
+        &mut self,
+    ) -> (
+        &mut generation::ModelCache,
+        ThreadHost<'_>,
+        &crate::service::tensors::TensorStore,
+    ) {
+        (
+            &mut *self.cache,
+            ThreadHost {
+                calls: &self.calls,
+                models_dir: &self.models_dir,
+            },
+            &self.tensors,
+        )
+    }
+}
+
+impl Context for ThreadContext<'_> {
     fn load_image(&mut self, image_name: &str) -> Result<DynamicImage, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.calls
@@ -160,6 +231,31 @@ impl Context for ThreadContext {
         ))
     }
 
+    fn encode_prompt(&mut self, request: &Value) -> Result<String, NodeError> {
+        let (cache, mut host, tensors) = self.parts();
+        generation::encode_prompt(cache, &mut host, tensors, request)
+    }
+
+    fn denoise(&mut self, request: &Value) -> Result<(String, u32, u32), NodeError> {
+        let cancel = self.cancel.clone();
+        let (cache, mut host, tensors) = self.parts();
+        generation::denoise(cache, &mut host, tensors, request, &cancel)
+    }
+
+    fn decode_latents(&mut self, request: &Value) -> Result<DynamicImage, NodeError> {
+        let (cache, mut host, tensors) = self.parts();
+        generation::decode(cache, &mut host, tensors, request)
+    }
+
+    fn encode_image(
+        &mut self,
+        image: &DynamicImage,
+        request: &Value,
+    ) -> Result<(String, u32, u32), NodeError> {
+        let (cache, mut host, tensors) = self.parts();
+        generation::encode(cache, &mut host, tensors, image, request)
+    }
+
     fn model_exists(&mut self, key: &str) -> Result<bool, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.calls
@@ -173,9 +269,12 @@ impl Context for ThreadContext {
 }
 
 /// The executor thread: runs jobs until the channel closes.
-fn executor(jobs: std::sync::mpsc::Receiver<Job>) {
+fn executor(jobs: std::sync::mpsc::Receiver<Job>, ram_gb: Option<f64>) {
+    let mut cache = generation::ModelCache::new(ram_gb);
     while let Ok(job) = jobs.recv() {
         let mut ctx = ThreadContext {
+            cache: &mut cache,
+            models_dir: job.models_dir,
             tensors: job.tensors,
             cancel: job.cancel,
             workflow: job.workflow,
@@ -214,9 +313,10 @@ impl WorkerHandle {
 /// Starts the worker task and its executor thread.
 pub fn spawn(state: AppState) -> WorkerHandle {
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+    let ram_gb = state.config.get("ram").and_then(Value::as_f64);
     if let Err(err) = std::thread::Builder::new()
         .name("atelier-worker".into())
-        .spawn(move || executor(jobs_rx))
+        .spawn(move || executor(jobs_rx, ram_gb))
     {
         tracing::error!(error = %err, "could not start the worker thread; the queue will not run");
     }
@@ -568,6 +668,7 @@ impl Worker {
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
             tensors: self.state.tensors.clone(),
+            models_dir: self.state.config.models_dir(),
             spec,
             inputs,
             cancel: cancel.clone(),
@@ -624,6 +725,29 @@ impl Worker {
                     board_id: request.board_id.clone(),
                 };
                 let _ = reply.send(self.save(owner, new, &png, &thumbnail).await);
+            }
+            Call::ModelRecord { key, reply } => {
+                let found = match self.state.store.get_model(&key).await {
+                    Ok(row) => Ok(row.and_then(|r| serde_json::from_str(&r.config).ok())),
+                    Err(e) => Err(NodeError::new("RuntimeError", e.to_string())),
+                };
+                let _ = reply.send(found);
+            }
+            Call::ModelLoad {
+                complete,
+                record,
+                submodel,
+            } => {
+                self.state.events.publish(Event::ToOwner {
+                    name: if complete {
+                        "model_load_complete"
+                    } else {
+                        "model_load_started"
+                    },
+                    owner: row.user_id.to_string(),
+                    payload: json!({"config": record, "submodel_type": submodel,
+                        "user_id": row.user_id.as_str()}),
+                });
             }
             Call::ModelExists { key, reply } => {
                 let found = self
@@ -779,6 +903,7 @@ mod tests {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             tensors: Default::default(),
+            models_dir: std::path::PathBuf::new(),
             spec,
             inputs: Inputs {
                 id: "n".into(),
@@ -798,7 +923,7 @@ mod tests {
     #[test]
     fn a_panicking_node_fails_its_job_and_the_thread_carries_on() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || executor(rx));
+        let thread = std::thread::spawn(move || executor(rx, None));
         let (bad, answer) = job(spec(|_, _| panic!("boom")));
         tx.send(bad).expect("send");
         let err = answer

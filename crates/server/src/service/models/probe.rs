@@ -491,10 +491,20 @@ fn diffusers_main(dir: &Path, index: &Map<String, Value>) -> Result<Probed, Prob
         | "StableDiffusionDepth2ImgPipeline" => match cross {
             Some(768) => "sd-1",
             Some(1024) => "sd-2",
+            // A non-standard width (small test models): the text encoder tells the family,
+            // OpenAI's CLIP (SD 1.x) uses quick-GELU and OpenCLIP (SD 2.x) GELU.
             other => {
-                return Err(ProbeError::Unrecognized(format!(
-                    "a {class} with cross_attention_dim {other:?}"
-                )))
+                let encoder =
+                    read_json(&dir.join("text_encoder").join("config.json"))?.unwrap_or_default();
+                match encoder.get("hidden_act").and_then(Value::as_str) {
+                    Some("quick_gelu") => "sd-1",
+                    Some("gelu") => "sd-2",
+                    _ => {
+                        return Err(ProbeError::Unrecognized(format!(
+                            "a {class} with cross_attention_dim {other:?}"
+                        )))
+                    }
+                }
             }
         },
         "StableDiffusionXLPipeline" | "StableDiffusionXLInpaintPipeline" => "sdxl",

@@ -1,0 +1,315 @@
+//! The generation nodes' work, on the worker's executor thread: loading models (cached between
+//! items within a memory budget), encoding prompts, denoising, VAE decode and encode through
+//! the engine. Values pass between nodes through the [`TensorStore`] by name.
+//!
+//! Supported today: SD 1.x / 2.x main models in diffusers folders, on the CPU in f32. SDXL,
+//! single-file checkpoints, separate VAE models and LoRAs are refused with a clear error
+//! (issue 5 tracks them).
+
+use crate::service::tensors::{Latents, Stored, TensorStore};
+use atelier_engine::candle::{DType, Device, Tensor};
+use atelier_engine::pipeline::{latents_from_vec, latents_to_vec, CfgScale, DenoiseRequest, Sd};
+use atelier_graph::NodeError;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Default memory budget for loaded models when the config sets no `ram` (GB).
+const DEFAULT_BUDGET_BYTES: u64 = 8 << 30;
+
+fn engine_error(e: atelier_engine::EngineError) -> NodeError {
+    match e {
+        atelier_engine::EngineError::Canceled => NodeError::canceled(),
+        other => NodeError::new("RuntimeError", other.to_string()),
+    }
+}
+
+fn unsupported(what: &str) -> NodeError {
+    NodeError::new(
+        "NotImplementedError",
+        format!("{what} is not supported by this server yet"),
+    )
+}
+
+/// Loaded models, least recently used first out when over budget.
+pub struct ModelCache {
+    budget: u64,
+    entries: Vec<(String, u64, Arc<Sd>)>,
+}
+
+impl ModelCache {
+    pub fn new(budget_gb: Option<f64>) -> Self {
+        let budget = budget_gb
+            .filter(|gb| *gb > 0.0)
+            .map_or(DEFAULT_BUDGET_BYTES, |gb| (gb * (1u64 << 30) as f64) as u64);
+        Self {
+            budget,
+            entries: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<Arc<Sd>> {
+        let pos = self.entries.iter().position(|(k, _, _)| k == key)?;
+        let entry = self.entries.remove(pos);
+        let model = entry.2.clone();
+        self.entries.push(entry);
+        Some(model)
+    }
+
+    fn insert(&mut self, key: &str, size: u64, model: Arc<Sd>) {
+        while !self.entries.is_empty()
+            && self.entries.iter().map(|(_, s, _)| s).sum::<u64>() + size > self.budget
+        {
+            self.entries.remove(0);
+        }
+        self.entries.push((key.to_owned(), size, model));
+    }
+}
+
+/// What the adapter needs from the server: model records (over the channel to the runtime),
+/// the models folder, events.
+pub trait Host {
+    fn model_record(&mut self, key: &str) -> Result<Option<Value>, NodeError>;
+    fn models_dir(&self) -> &Path;
+    /// `model_load_started` / `model_load_complete` for the item's owner.
+    fn model_load(&mut self, complete: bool, record: &Value, submodel: Option<&str>);
+    fn progress(&mut self, message: &str, percentage: Option<f64>);
+}
+
+fn key_of(field: &Value, member: &str) -> Result<String, NodeError> {
+    field[member]["key"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| NodeError::value(format!("missing model identifier `{member}`")))
+}
+
+fn no_loras(field: &Value) -> Result<(), NodeError> {
+    if field["loras"].as_array().is_some_and(|l| !l.is_empty()) {
+        return Err(unsupported("LoRA"));
+    }
+    Ok(())
+}
+
+/// Loads (or finds in the cache) the main model `key`.
+fn model(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    key: &str,
+    submodel: &str,
+) -> Result<Arc<Sd>, NodeError> {
+    if let Some(m) = cache.get(key) {
+        return Ok(m);
+    }
+    let record = host
+        .model_record(key)?
+        .ok_or_else(|| NodeError::new("UnknownModelException", format!("Unknown model {key}")))?;
+    if record["type"] != "main" {
+        return Err(unsupported(&format!(
+            "a separate {} model",
+            record["type"].as_str().unwrap_or("?")
+        )));
+    }
+    let base = record["base"].as_str().unwrap_or_default();
+    if !["sd-1", "sd-2"].contains(&base) {
+        return Err(unsupported(&format!("base {base}")));
+    }
+    if record["format"] != "diffusers" {
+        return Err(unsupported("a single-file checkpoint"));
+    }
+    let path: PathBuf = crate::service::models::resolve(
+        host.models_dir(),
+        record["path"].as_str().unwrap_or_default(),
+    );
+    host.model_load(false, &record, Some(submodel));
+    let loaded = Sd::load(&path, &Device::Cpu, DType::F32).map_err(engine_error)?;
+    host.model_load(true, &record, Some(submodel));
+    let model = Arc::new(loaded);
+    let size = record["file_size"].as_u64().unwrap_or(0);
+    cache.insert(key, size, model.clone());
+    Ok(model)
+}
+
+fn conditioning(tensors: &TensorStore, field: &Value) -> Result<Tensor, NodeError> {
+    let list: Vec<&Value> = match field {
+        Value::Array(items) => items.iter().collect(),
+        one => vec![one],
+    };
+    let mut parts = Vec::new();
+    for item in list {
+        if !item["mask"].is_null() {
+            return Err(unsupported("a conditioning mask"));
+        }
+        let name = item["conditioning_name"].as_str().unwrap_or_default();
+        match tensors.get(name) {
+            Some(Stored::Opaque(any)) => match any.downcast_ref::<Tensor>() {
+                Some(t) => parts.push(t.clone()),
+                None => return Err(NodeError::value(format!("{name} is not a conditioning"))),
+            },
+            _ => {
+                return Err(NodeError::new(
+                    "ObjectNotFoundError",
+                    format!("'Object with name {name} not found'"),
+                ))
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(NodeError::value("no conditioning given"));
+    }
+    Tensor::cat(&parts, 1).map_err(|e| NodeError::new("RuntimeError", e.to_string()))
+}
+
+fn latents(
+    tensors: &TensorStore,
+    field: &Value,
+) -> Result<Option<(Tensor, Option<u32>)>, NodeError> {
+    if field.is_null() {
+        return Ok(None);
+    }
+    let name = field["latents_name"].as_str().unwrap_or_default();
+    let stored = tensors.latents(name).ok_or_else(|| {
+        NodeError::new(
+            "ObjectNotFoundError",
+            format!("'Object with name {name} not found'"),
+        )
+    })?;
+    let tensor = latents_from_vec(&stored.shape, stored.data.clone()).map_err(engine_error)?;
+    let seed = field["seed"].as_u64().and_then(|s| u32::try_from(s).ok());
+    Ok(Some((tensor, seed)))
+}
+
+fn store_latents(tensors: &TensorStore, t: &Tensor) -> Result<(String, u32, u32), NodeError> {
+    let shape = t.dims().to_vec();
+    let data = latents_to_vec(t).map_err(engine_error)?;
+    let (h, w) = match shape.as_slice() {
+        [_, _, h, w] => (*h, *w),
+        _ => (0, 0),
+    };
+    let name = tensors.put(
+        "latents",
+        Stored::Latents(Arc::new(Latents { shape, data })),
+    );
+    let px = |v: usize| u32::try_from(v * 8).unwrap_or(0);
+    Ok((name, px(w), px(h)))
+}
+
+/// `compel`.
+pub fn encode_prompt(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    tensors: &TensorStore,
+    request: &Value,
+) -> Result<String, NodeError> {
+    if !request["clip2"].is_null() {
+        return Err(unsupported("SDXL"));
+    }
+    if !request["mask"].is_null() {
+        return Err(unsupported("a conditioning mask"));
+    }
+    let clip = &request["clip"];
+    no_loras(clip)?;
+    let key = key_of(clip, "text_encoder")?;
+    let sd = model(cache, host, &key, "text_encoder")?;
+    let skipped = usize::try_from(clip["skipped_layers"].as_u64().unwrap_or(0)).unwrap_or(0);
+    let prompt = request["prompt"].as_str().unwrap_or_default();
+    let tensor = sd.encode_prompt(prompt, skipped).map_err(engine_error)?;
+    Ok(tensors.put("conditioning", Stored::Opaque(Arc::new(tensor))))
+}
+
+/// `denoise_latents`.
+pub fn denoise(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    tensors: &TensorStore,
+    request: &Value,
+    cancel: &AtomicBool,
+) -> Result<(String, u32, u32), NodeError> {
+    for field in ["control", "ip_adapter", "t2i_adapter", "denoise_mask"] {
+        if !request[field].is_null() {
+            return Err(unsupported(field));
+        }
+    }
+    if request["hidiffusion"].as_bool() == Some(true) {
+        return Err(unsupported("HiDiffusion"));
+    }
+    let unet = &request["unet"];
+    no_loras(unet)?;
+    if unet["seamless_axes"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(unsupported("seamless tiling"));
+    }
+    if !unet["freeu_config"].is_null() {
+        return Err(unsupported("FreeU"));
+    }
+    let sd = model(cache, host, &key_of(unet, "unet")?, "unet")?;
+    let noise = latents(tensors, &request["noise"])?;
+    let start = latents(tensors, &request["latents"])?;
+    let seed = noise
+        .as_ref()
+        .and_then(|(_, s)| *s)
+        .or_else(|| start.as_ref().and_then(|(_, s)| *s))
+        .unwrap_or(0);
+    let cfg_scale = match &request["cfg_scale"] {
+        Value::Array(list) => CfgScale::PerStep(list.iter().filter_map(Value::as_f64).collect()),
+        v => CfgScale::Scalar(v.as_f64().unwrap_or(7.5)),
+    };
+    let req = DenoiseRequest {
+        positive: conditioning(tensors, &request["positive_conditioning"])?,
+        negative: conditioning(tensors, &request["negative_conditioning"])?,
+        noise: noise.map(|(t, _)| t),
+        latents: start.map(|(t, _)| t),
+        steps: usize::try_from(request["steps"].as_u64().unwrap_or(10)).unwrap_or(10),
+        cfg_scale,
+        cfg_rescale_multiplier: request["cfg_rescale_multiplier"].as_f64().unwrap_or(0.0),
+        scheduler: request["scheduler"].as_str().unwrap_or("euler").to_owned(),
+        denoising_start: request["denoising_start"].as_f64().unwrap_or(0.0),
+        denoising_end: request["denoising_end"].as_f64().unwrap_or(1.0),
+        seed,
+    };
+    let mut sink = |p: &atelier_engine::pipeline::StepProgress<'_>| {
+        let pct = p.step as f64 / p.total_steps.max(1) as f64;
+        host.progress("Denoising", Some(pct));
+    };
+    let out = sd.denoise(&req, &mut sink, cancel).map_err(engine_error)?;
+    store_latents(tensors, &out)
+}
+
+/// `l2i`.
+pub fn decode(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    tensors: &TensorStore,
+    request: &Value,
+) -> Result<image::DynamicImage, NodeError> {
+    let vae = &request["vae"];
+    if vae["seamless_axes"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(unsupported("seamless tiling"));
+    }
+    let sd = model(cache, host, &key_of(vae, "vae")?, "vae")?;
+    let (t, _) = latents(tensors, &request["latents"])?
+        .ok_or_else(|| NodeError::value("no latents given"))?;
+    let rgb = sd.decode(&t).map_err(engine_error)?;
+    Ok(image::DynamicImage::ImageRgb8(rgb))
+}
+
+/// `i2l`.
+pub fn encode(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    tensors: &TensorStore,
+    image: &image::DynamicImage,
+    request: &Value,
+) -> Result<(String, u32, u32), NodeError> {
+    if request["color_compensation"] == "SDXL" {
+        return Err(unsupported("SDXL colour compensation"));
+    }
+    let sd = model(cache, host, &key_of(&request["vae"], "vae")?, "vae")?;
+    let t = sd.encode(&image.to_rgb8()).map_err(engine_error)?;
+    store_latents(tensors, &t)
+}
