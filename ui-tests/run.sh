@@ -26,7 +26,7 @@ if [ ! -f node_modules/playwright-core/package.json ] ||
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-(cd .. && cargo build --locked -p atelier-server --bin atelier)
+(cd .. && cargo build --locked -p atelier-server --bin atelier && cargo build --locked -p atelier-engine --example write_tiny)
 
 rm -rf artifacts
 mkdir -p artifacts

@@ -15,7 +15,7 @@ export const repoRoot = resolve(here, '..', '..');
 export const artifacts = resolve(here, '..', 'artifacts');
 mkdirSync(artifacts, { recursive: true });
 
-const targetDir = process.env.CARGO_TARGET_DIR ? resolve(repoRoot, process.env.CARGO_TARGET_DIR) : join(repoRoot, 'target');
+export const targetDir = process.env.CARGO_TARGET_DIR ? resolve(repoRoot, process.env.CARGO_TARGET_DIR) : join(repoRoot, 'target');
 export const binary = process.env.ATELIER_BIN || join(targetDir, 'debug', 'atelier');
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
 
