@@ -78,7 +78,19 @@ async fn a_tiny_sd1_model_generates_an_image_with_progress() {
     loop {
         let (event, payload) = sock.next_event().await.expect("socket");
         match event.as_str() {
-            "invocation_progress" => steps.push(payload["percentage"].as_f64().unwrap()),
+            "invocation_progress" => {
+                steps.push(payload["percentage"].as_f64().unwrap());
+                assert_eq!(payload["message"], "Denoising");
+                let preview = &payload["image"];
+                assert_eq!(
+                    (preview["width"].clone(), preview["height"].clone()),
+                    (json!(64), json!(64))
+                );
+                assert!(preview["dataURL"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("data:image/jpeg;base64,"));
+            }
             "model_load_complete" => loads += 1,
             "queue_item_status_changed" if payload["status"] == "completed" => break,
             _ => {}

@@ -74,7 +74,53 @@ pub trait Host {
     fn models_dir(&self) -> &Path;
     /// `model_load_started` / `model_load_complete` for the item's owner.
     fn model_load(&mut self, complete: bool, record: &Value, submodel: Option<&str>);
-    fn progress(&mut self, message: &str, percentage: Option<f64>);
+    /// `invocation_progress`, with a small preview image (`{width, height, dataURL}`) or null.
+    fn progress(&mut self, message: &str, percentage: Option<f64>, image: Option<Value>);
+}
+
+/// InvokeAI's latent-to-RGB factors for SD 1.x/2.x previews (rows: latent channels).
+const SD1_LATENT_RGB_FACTORS: [[f32; 3]; 4] = [
+    [0.3444, 0.1385, 0.0670],
+    [0.1247, 0.4027, 0.1494],
+    [-0.3192, 0.2513, 0.2103],
+    [-0.1307, -0.1874, -0.7445],
+];
+
+/// A step preview as the reference makes it: latents projected to RGB at 1/8 size, as a JPEG
+/// data URL whose `width`/`height` are the final image's.
+pub fn preview(latents: &Tensor) -> Option<Value> {
+    use base64::Engine as _;
+    let dims = latents.dims().to_vec();
+    let [_, 4, h, w] = dims.as_slice() else {
+        return None;
+    };
+    let (h, w) = (*h, *w);
+    let data = latents_to_vec(latents).ok()?;
+    let plane = h * w;
+    let mut rgb = image::RgbImage::new(u32::try_from(w).ok()?, u32::try_from(h).ok()?);
+    for (i, px) in rgb.pixels_mut().enumerate() {
+        let mut out = [0u8; 3];
+        for (c, slot) in out.iter_mut().enumerate() {
+            let v: f32 = (0..4)
+                .map(|l| data[l * plane + i] * SD1_LATENT_RGB_FACTORS[l][c])
+                .sum();
+            // `.byte()` truncates.
+            *slot = (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8;
+        }
+        *px = image::Rgb(out);
+    }
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(rgb)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .ok()?;
+    let url = format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&jpeg)
+    );
+    Some(serde_json::json!({"width": w * 8, "height": h * 8, "dataURL": url}))
 }
 
 fn key_of(field: &Value, member: &str) -> Result<String, NodeError> {
@@ -271,7 +317,7 @@ pub fn denoise(
     };
     let mut sink = |p: &atelier_engine::pipeline::StepProgress<'_>| {
         let pct = p.step as f64 / p.total_steps.max(1) as f64;
-        host.progress("Denoising", Some(pct));
+        host.progress("Denoising", Some(pct), preview(p.latents));
     };
     let out = sd.denoise(&req, &mut sink, cancel).map_err(engine_error)?;
     store_latents(tensors, &out)
@@ -312,4 +358,34 @@ pub fn encode(
     let sd = model(cache, host, &key_of(&request["vae"], "vae")?, "vae")?;
     let t = sd.encode(&image.to_rgb8()).map_err(engine_error)?;
     store_latents(tensors, &t)
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn previews_project_latents_like_the_reference() {
+        // Channel 0 at 1, the others at 0: (1 + factor) / 2 of full scale per colour.
+        let mut data = vec![0f32; 4 * 2 * 3];
+        data[..6].fill(1.0);
+        let latents = latents_from_vec(&[1, 4, 2, 3], data).expect("tensor");
+        let preview = preview(&latents).expect("preview");
+        assert_eq!(
+            (preview["width"].clone(), preview["height"].clone()),
+            (serde_json::json!(24), serde_json::json!(16))
+        );
+        let url = preview["dataURL"].as_str().expect("url");
+        let jpeg = base64::engine::general_purpose::STANDARD
+            .decode(url.trim_start_matches("data:image/jpeg;base64,"))
+            .expect("base64");
+        let img = image::load_from_memory(&jpeg).expect("jpeg").to_rgb8();
+        assert_eq!(img.dimensions(), (3, 2));
+        let px = img.get_pixel(1, 1);
+        for (got, want) in px.0.iter().zip([171i32, 145, 136]) {
+            assert!((i32::from(*got) - want).abs() <= 4, "{px:?}");
+        }
+    }
 }

@@ -52,6 +52,7 @@ enum Call {
     Progress {
         message: String,
         percentage: Option<f64>,
+        image: Option<Value>,
     },
     ModelExists {
         key: String,
@@ -129,10 +130,11 @@ impl generation::Host for ThreadHost<'_> {
         });
     }
 
-    fn progress(&mut self, message: &str, percentage: Option<f64>) {
+    fn progress(&mut self, message: &str, percentage: Option<f64>, image: Option<Value>) {
         let _ = self.calls.send(Call::Progress {
             message: message.to_owned(),
             percentage,
+            image,
         });
     }
 }
@@ -209,6 +211,7 @@ impl Context for ThreadContext<'_> {
         let _ = self.calls.send(Call::Progress {
             message: message.to_owned(),
             percentage,
+            image: None,
         });
     }
 
@@ -686,10 +689,15 @@ impl Worker {
         }
         loop {
             tokio::select! {
+                // Calls first: progress sent just before the answer is still delivered, in order.
+                biased;
+                Some(call) = calls.recv() => self.serve(call, row, owner, base).await,
                 outcome = &mut answer => {
+                    while let Ok(call) = calls.try_recv() {
+                        self.serve(call, row, owner, base).await;
+                    }
                     return outcome.unwrap_or_else(|_| Err(NodeError::new("RuntimeError", "The worker thread stopped")));
                 }
-                Some(call) = calls.recv() => self.serve(call, row, owner, base).await,
             }
         }
     }
@@ -762,11 +770,12 @@ impl Worker {
             Call::Progress {
                 message,
                 percentage,
+                image,
             } => {
                 let mut payload = base.clone();
                 payload["message"] = json!(message);
                 payload["percentage"] = json!(percentage);
-                payload["image"] = Value::Null;
+                payload["image"] = image.unwrap_or(Value::Null);
                 payload["device"] = Value::Null;
                 self.state.events.publish(Event::ToOwner {
                     name: "invocation_progress",
