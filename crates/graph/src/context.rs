@@ -81,6 +81,12 @@ pub trait Context {
         Ok(false)
     }
 
+    /// The size in pixels of stored latents, or `None` when no latents have that name.
+    fn latents_size(&mut self, name: &str) -> Result<Option<(u32, u32)>, NodeError> {
+        let _ = name;
+        Ok(None)
+    }
+
     // Generation (generation.md §8.3–8.6). Requests are the node's checked inputs as JSON;
     // tensors stay on the server and are returned by name. A context without an engine
     // refuses them.

@@ -797,7 +797,8 @@ async fn the_noise_node_draws_pytorchs_numbers() {
     let graph = json!({"nodes": {
         "seed": {"id": "seed", "type": "integer", "value": 31337},
         "n": {"id": "n", "type": "noise", "width": 64, "height": 64},
-    }, "edges": [edge("seed", "value", "n", "seed")]});
+        "l": {"id": "l", "type": "latents"},
+    }, "edges": [edge("seed", "value", "n", "seed"), edge("n", "noise", "l", "latents")]});
     let id = run_graph(&s, None, graph).await;
     let item = wait_status(&s, None, id, DONE).await;
     assert_eq!(item["status"], "completed", "{item}");
@@ -808,6 +809,13 @@ async fn the_noise_node_draws_pytorchs_numbers() {
         (json!(64), json!(64))
     );
     assert_eq!(out["noise"]["seed"], 31337);
+    // The latents primitive reads the stored tensor's size.
+    let passed = &results_of(&item, "l")[0];
+    assert_eq!(
+        (passed["width"].clone(), passed["height"].clone()),
+        (json!(64), json!(64))
+    );
+    assert_eq!(passed["latents"], out["noise"]);
     let name = out["noise"]["latents_name"].as_str().unwrap();
     let latents = s.state().tensors.latents(name).expect("stored");
     assert_eq!(latents.shape, vec![1, 4, 8, 8]);

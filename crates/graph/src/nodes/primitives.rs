@@ -257,18 +257,25 @@ pub fn specs() -> Vec<NodeSpec> {
                     ("width", Ty::Int),
                     ("height", Ty::Int),
                 ],
-                |i, _| {
-                    // The reference loads the tensor to report its size. This build keeps no
-                    // tensors, so every load fails the way a missing one does there.
+                |i, ctx| {
+                    // The reference loads the tensor to report its size; a missing one fails.
                     let name = i
                         .get("latents")
                         .get("latents_name")
                         .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    Err(NodeError::new(
-                        "ObjectNotFoundError",
-                        format!("'Object with name {name} not found'"),
-                    ))
+                        .unwrap_or_default()
+                        .to_owned();
+                    match ctx.latents_size(&name)? {
+                        Some((width, height)) => Ok(fields(vec![
+                            ("latents", i.get("latents").clone()),
+                            ("width", json!(width)),
+                            ("height", json!(height)),
+                        ])),
+                        None => Err(NodeError::new(
+                            "ObjectNotFoundError",
+                            format!("'Object with name {name} not found'"),
+                        )),
+                    }
                 },
             ),
             &["primitives", "latents"],

@@ -234,6 +234,19 @@ impl Context for ThreadContext<'_> {
         ))
     }
 
+    fn latents_size(&mut self, name: &str) -> Result<Option<(u32, u32)>, NodeError> {
+        Ok(self
+            .tensors
+            .latents(name)
+            .and_then(|l| match l.shape.as_slice() {
+                [_, _, h, w] => Some((
+                    u32::try_from(*w * 8).unwrap_or(0),
+                    u32::try_from(*h * 8).unwrap_or(0),
+                )),
+                _ => None,
+            }))
+    }
+
     fn encode_prompt(&mut self, request: &Value) -> Result<String, NodeError> {
         let (cache, mut host, tensors) = self.parts();
         generation::encode_prompt(cache, &mut host, tensors, request)
