@@ -89,7 +89,7 @@ fn invalid_requests_are_errors() {
     ));
     assert!(matches!(
         bad(DenoiseRequest {
-            scheduler: "pndm".into(),
+            scheduler: "tcd".into(),
             ..base.clone()
         }),
         Err(EngineError::UnsupportedScheduler(_))

@@ -16,10 +16,14 @@
 
 mod common;
 mod ddim;
+mod ddpm;
+mod deis;
 mod dpm_multistep;
 mod euler;
 mod heun;
+mod kdpm2;
 mod lms;
+mod pndm;
 mod unipc;
 
 use crate::noise::TorchGenerator;
@@ -218,7 +222,7 @@ pub const SCHEDULER_NAMES: [&str; 31] = [
 ];
 
 /// The names [`by_name`] can build.
-pub const IMPLEMENTED_SCHEDULERS: [&str; 16] = [
+pub const IMPLEMENTED_SCHEDULERS: [&str; 24] = [
     "euler",
     "euler_k",
     "euler_a",
@@ -235,6 +239,14 @@ pub const IMPLEMENTED_SCHEDULERS: [&str; 16] = [
     "unipc_k",
     "dpmpp_2m_sde",
     "dpmpp_2m_sde_k",
+    "ddpm",
+    "pndm",
+    "kdpm_2",
+    "kdpm_2_k",
+    "kdpm_2_a",
+    "kdpm_2_a_k",
+    "deis",
+    "deis_k",
 ];
 
 /// Whether [`by_name`] can build `name`.
@@ -274,6 +286,11 @@ pub fn by_name(name: &str, config: &SchedulerConfig) -> Result<Box<dyn Scheduler
         "lms" | "lms_k" => Box::new(lms::LmsDiscrete::new(&with(karras, 2))?),
         "heun" | "heun_k" => Box::new(heun::HeunDiscrete::new(&with(karras, 2))?),
         "unipc" | "unipc_k" => Box::new(unipc::UniPcMultistep::new(&with(karras, 2))?),
+        "ddpm" => Box::new(ddpm::Ddpm::new(config)?),
+        "deis" | "deis_k" => Box::new(deis::DeisMultistep::new(&with(karras, 2))?),
+        "pndm" => Box::new(pndm::Pndm::new(config)?),
+        "kdpm_2" | "kdpm_2_k" => Box::new(kdpm2::Kdpm2::new(&with(karras, 2), false)?),
+        "kdpm_2_a" | "kdpm_2_a_k" => Box::new(kdpm2::Kdpm2::new(&with(karras, 2), true)?),
         _ => return Err(EngineError::UnsupportedScheduler(name.to_string())),
     };
     Ok(scheduler)

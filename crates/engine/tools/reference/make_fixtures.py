@@ -30,10 +30,14 @@ import diffusers
 import torch
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
@@ -119,6 +123,14 @@ SCHEDULER_MAP = {
     "dpmpp_3m_k": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True, "solver_order": 3}),
     "unipc": (UniPCMultistepScheduler, {"use_karras_sigmas": False, "cpu_only": True}),
     "unipc_k": (UniPCMultistepScheduler, {"use_karras_sigmas": True, "cpu_only": True}),
+    "ddpm": (DDPMScheduler, {}),
+    "deis": (DEISMultistepScheduler, {"use_karras_sigmas": False}),
+    "deis_k": (DEISMultistepScheduler, {"use_karras_sigmas": True}),
+    "pndm": (PNDMScheduler, {}),
+    "kdpm_2": (KDPM2DiscreteScheduler, {"use_karras_sigmas": False}),
+    "kdpm_2_k": (KDPM2DiscreteScheduler, {"use_karras_sigmas": True}),
+    "kdpm_2_a": (KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": False}),
+    "kdpm_2_a_k": (KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": True}),
 }
 
 
@@ -257,8 +269,10 @@ def scheduler_fixtures():
     # Stochastic schedulers with a latent size that is not a multiple of 16 (the per-step draws use the tail rule).
     runs.append(run("euler_a", "sd15", 6, 2**32 - 1, (1, 4, 3, 5)))
     runs.append(run("dpmpp_2m_sde_k", "sdxl", 6, 3, (1, 4, 3, 5)))
+    runs.append(run("ddpm", "sd15", 6, 2**32 - 1, (1, 4, 3, 5)))
+    runs.append(run("kdpm_2_a_k", "sdxl", 6, 3, (1, 4, 3, 5)))
     # Longer runs where the multistep solvers reach full order before the final steps.
-    for name in ["dpmpp_3m_k", "dpmpp_3m", "lms", "unipc", "heun"]:
+    for name in ["dpmpp_3m_k", "dpmpp_3m", "lms", "unipc", "heun", "pndm", "kdpm_2_k", "deis"]:
         runs.append(run(name, "sdxl", 25, 11, (1, 4, 2, 2 * 4)))
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "runs": runs}
 
