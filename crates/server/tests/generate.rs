@@ -331,6 +331,14 @@ async fn bad_requests_are_refused_with_the_field_named() {
         node_by_prefix(&r.body["batch"]["graph"], "canvas_output")["board"]["board_id"],
         board["board_id"]
     );
+    // An administrator may save to anyone's board.
+    let r = generate(
+        &s,
+        Some(&admin),
+        json!({"prompt": "p", "model": key, "board_id": board["board_id"], "dry_run": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     // Two main models: `model` is required, and the error names them.
     sd1_model(&s, Some(&admin), "two.safetensors").await;
     let r = generate(&s, Some(&alice), json!({"prompt": "p"})).await;
