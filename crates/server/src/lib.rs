@@ -250,7 +250,8 @@ pub fn start(state: AppState, listener: TcpListener) -> Result<RunningServer, St
             })
             .await;
         sweep.abort();
-        worker.stop();
+        let _ = sweep.await;
+        worker.stop().await;
         served
     });
     Ok(RunningServer {

@@ -145,7 +145,15 @@ impl Store {
         let turn = tokio::time::timeout(BUSY_TIMEOUT, self.write_gate.clone().lock_owned())
             .await
             .ok();
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // sqlx's custom-statement `begin_with` awaits once more after SQLite acknowledged the
+        // BEGIN; a caller cancelled at that point (a dropped request, an aborted task) would
+        // hand the connection back to the pool still inside the transaction, holding the write
+        // lock for good. Run the BEGIN as its own task so it always finishes: if nobody waits
+        // for it any more, the transaction it made is dropped there and rolls back.
+        let pool = self.pool.clone();
+        let tx = tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+            .await
+            .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))??;
         Ok(WriteTx { tx, _turn: turn })
     }
 }

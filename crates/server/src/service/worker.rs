@@ -321,8 +321,11 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub fn stop(&self) {
+    /// Stops the worker task and waits until it is gone, so none of its database work is
+    /// still in flight when the caller closes the store.
+    pub async fn stop(self) {
         self.task.abort();
+        let _ = self.task.await;
     }
 }
 

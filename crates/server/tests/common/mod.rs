@@ -179,6 +179,7 @@ impl TestServer {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+        assert_no_write_lock(self.root.path()).await;
         self.root
     }
 
@@ -385,4 +386,29 @@ impl TestServer {
         let headers = res.headers().clone();
         (status, headers, res.bytes().await.expect("body").to_vec())
     }
+}
+
+/// A stopped server must leave no transaction open behind it: its database must take a
+/// writer at once (a connection cancelled mid-`BEGIN` once kept the write lock for good).
+async fn assert_no_write_lock(root: &std::path::Path) {
+    use sqlx::{ConnectOptions, Connection};
+    let db = root.join("databases").join("atelier.db");
+    if !db.exists() {
+        return;
+    }
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&db)
+        .busy_timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("open the stopped server's database");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .expect("the stopped server left the database write-locked");
+    sqlx::query("ROLLBACK")
+        .execute(&mut conn)
+        .await
+        .expect("rollback");
+    conn.close().await.expect("close");
 }
