@@ -139,8 +139,37 @@ fn fake_model(x: &[f32], t: f64) -> Vec<f32> {
     x.iter().map(|&v| 0.1f32 * v + offset).collect()
 }
 
-/// Replays one fixture run; returns the largest relative error over its tensors.
-fn replay(run: &Run) -> f64 {
+/// max|a − b| over a tensor.
+fn absolute_error(ours: &[f32], theirs: &[f32]) -> f64 {
+    ours.iter()
+        .zip(theirs)
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The largest relative and absolute errors over a run's tensors.
+#[derive(Debug, Clone, Copy, Default)]
+struct Worst {
+    relative: f64,
+    absolute: f64,
+}
+
+impl Worst {
+    fn record(&mut self, ours: &[f32], theirs: &[f32]) -> f64 {
+        let err = relative_error(ours, theirs);
+        self.relative = self.relative.max(err);
+        self.absolute = self.absolute.max(absolute_error(ours, theirs));
+        err
+    }
+
+    fn merge(&mut self, other: Worst) {
+        self.relative = self.relative.max(other.relative);
+        self.absolute = self.absolute.max(other.absolute);
+    }
+}
+
+/// Replays one fixture run; returns the largest errors over its tensors.
+fn replay(run: &Run) -> Worst {
     let label = format!(
         "{} {} {} steps seed {} [{}, {}]",
         run.name, run.model, run.steps, run.seed, run.denoising_start, run.denoising_end
@@ -188,14 +217,13 @@ fn replay(run: &Run) -> f64 {
     };
     let Some(init) = slice.init_index else {
         assert!(run.noised.is_none(), "{label}: expected an empty slice");
-        return 0.0;
+        return Worst::default();
     };
-    let mut worst = 0.0f64;
+    let mut worst = Worst::default();
     let mut x = s.add_noise(&latents, &noise, ts[init]).unwrap();
     let noised = run.noised.as_ref().unwrap();
-    let err = relative_error(&x, noised);
+    let err = worst.record(&x, noised);
     assert!(err <= RELATIVE_TOLERANCE, "{label}: add_noise error {err}");
-    worst = worst.max(err);
 
     if s.is_stochastic() {
         let seed = u32::try_from(run.seed).unwrap();
@@ -213,23 +241,21 @@ fn replay(run: &Run) -> f64 {
     {
         let x_in = s.scale_model_input(&x, t).unwrap();
         if k == 0 {
-            let err = relative_error(&x_in, run.scaled_first.as_ref().unwrap());
+            let err = worst.record(&x_in, run.scaled_first.as_ref().unwrap());
             assert!(
                 err <= RELATIVE_TOLERANCE,
                 "{label}: scale_model_input error {err}"
             );
-            worst = worst.max(err);
         }
         let eps = fake_model(&x_in, t);
         x = s.step(&eps, t, &x).unwrap();
-        let err = relative_error(&x, expected);
+        let err = worst.record(&x, expected);
         assert!(
             err <= RELATIVE_TOLERANCE,
             "{label}: step {k} (t = {t}) relative error {err}\n ours  {:?}\n torch {:?}",
             &x[..4],
             &expected[..4]
         );
-        worst = worst.max(err);
     }
     worst
 }
@@ -237,11 +263,10 @@ fn replay(run: &Run) -> f64 {
 #[test]
 fn schedulers_match_diffusers() {
     let fixtures: SchedulerFixtures = load("schedulers.json");
-    let mut worst: BTreeMap<String, f64> = BTreeMap::new();
+    let mut worst: BTreeMap<String, Worst> = BTreeMap::new();
     for run in &fixtures.runs {
         let err = replay(run);
-        let entry = worst.entry(run.name.clone()).or_insert(0.0);
-        *entry = entry.max(err);
+        worst.entry(run.name.clone()).or_default().merge(err);
     }
     // Every implemented scheduler has fixtures.
     for name in atelier_engine::schedulers::IMPLEMENTED_SCHEDULERS {
@@ -249,7 +274,10 @@ fn schedulers_match_diffusers() {
     }
     // Visible with `cargo test -- --nocapture`: the parity report.
     for (name, err) in &worst {
-        eprintln!("parity {name:16} max relative error {err:.2e}");
+        eprintln!(
+            "parity {name:16} max relative error {:.2e}, max absolute error {:.2e}",
+            err.relative, err.absolute
+        );
     }
 }
 

@@ -89,7 +89,7 @@ fn invalid_requests_are_errors() {
     ));
     assert!(matches!(
         bad(DenoiseRequest {
-            scheduler: "tcd".into(),
+            scheduler: "dpmpp_sde".into(),
             ..base.clone()
         }),
         Err(EngineError::UnsupportedScheduler(_))

@@ -19,9 +19,12 @@ mod ddim;
 mod ddpm;
 mod deis;
 mod dpm_multistep;
+mod dpm_singlestep;
+mod er_sde;
 mod euler;
 mod heun;
 mod kdpm2;
+mod lcm;
 mod lms;
 mod pndm;
 mod unipc;
@@ -63,7 +66,8 @@ pub enum BetaSchedule {
 pub enum NoiseFamily {
     /// `x + σ·noise` (`euler*`, `heun*`, `lms*`, `kdpm_2*`, `dpmpp_sde*`).
     VarianceExploding,
-    /// `√ᾱ·x + √(1−ᾱ)·noise` (`ddim`, `ddpm`, `pndm`, `deis*`, `dpmpp_*m*`, `unipc*`, ...).
+    /// `√ᾱ·x + √(1−ᾱ)·noise` (`ddim`, `ddpm`, `pndm`, `deis*`, `dpmpp_2s*`, `dpmpp_*m*`, `unipc*`, `er_sde`,
+    /// `lcm`, `tcd`).
     VariancePreserving,
 }
 
@@ -94,7 +98,7 @@ pub struct SchedulerConfig {
     pub set_alpha_to_one: bool,
     /// Karras sigmas (the `_k` names turn it on).
     pub use_karras_sigmas: bool,
-    /// Order of the multistep solvers (`dpmpp_2m`: 2, `dpmpp_3m`: 3, UniPC: 2).
+    /// Order of the DPM-Solver-style solvers (`dpmpp_2m`, `dpmpp_2s`, UniPC: 2; `dpmpp_3m`, `er_sde`: 3).
     pub solver_order: usize,
 }
 
@@ -222,7 +226,7 @@ pub const SCHEDULER_NAMES: [&str; 31] = [
 ];
 
 /// The names [`by_name`] can build.
-pub const IMPLEMENTED_SCHEDULERS: [&str; 24] = [
+pub const IMPLEMENTED_SCHEDULERS: [&str; 29] = [
     "euler",
     "euler_k",
     "euler_a",
@@ -247,6 +251,11 @@ pub const IMPLEMENTED_SCHEDULERS: [&str; 24] = [
     "kdpm_2_a_k",
     "deis",
     "deis_k",
+    "dpmpp_2s",
+    "dpmpp_2s_k",
+    "lcm",
+    "tcd",
+    "er_sde",
 ];
 
 /// Whether [`by_name`] can build `name`.
@@ -291,6 +300,14 @@ pub fn by_name(name: &str, config: &SchedulerConfig) -> Result<Box<dyn Scheduler
         "pndm" => Box::new(pndm::Pndm::new(config)?),
         "kdpm_2" | "kdpm_2_k" => Box::new(kdpm2::Kdpm2::new(&with(karras, 2), false)?),
         "kdpm_2_a" | "kdpm_2_a_k" => Box::new(kdpm2::Kdpm2::new(&with(karras, 2), true)?),
+        "dpmpp_2s" | "dpmpp_2s_k" => {
+            Box::new(dpm_singlestep::DpmSolverSinglestep::new(&with(karras, 2))?)
+        }
+        "lcm" => Box::new(lcm::Lcm::new(config)?),
+        // InvokeAI steps TCD with eta = 1.
+        "tcd" => Box::new(lcm::Tcd::new(config, 1.0)?),
+        // InvokeAI's ERSDEScheduler for SD models: third order, VP sigmas, stochastic.
+        "er_sde" => Box::new(er_sde::ErSde::new(&with(false, 3), true)?),
         _ => return Err(EngineError::UnsupportedScheduler(name.to_string())),
     };
     Ok(scheduler)
@@ -384,6 +401,10 @@ mod tests {
         assert_ne!(s.timesteps(), plain.timesteps());
         assert!(by_name("euler_a", &config).unwrap().is_stochastic());
         assert!(!by_name("euler", &config).unwrap().is_stochastic());
+        for name in ["lcm", "tcd", "er_sde"] {
+            assert!(by_name(name, &config).unwrap().is_stochastic(), "{name}");
+        }
+        assert!(!by_name("dpmpp_2s_k", &config).unwrap().is_stochastic());
     }
 
     #[test]

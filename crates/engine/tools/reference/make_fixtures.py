@@ -6,7 +6,12 @@ recorded, or to check a newer torch/diffusers:
 
     python3 -m venv /work/venv-ref                      # outside the repository (torch is ~5.7 GB)
     /work/venv-ref/bin/pip install torch diffusers scipy
-    /work/venv-ref/bin/python crates/engine/tools/reference/make_fixtures.py
+    git -C <InvokeAI clone> show HEAD:invokeai/backend/rectified_flow/er_sde_scheduler.py > /tmp/er_sde_scheduler.py
+    INVOKEAI_ER_SDE=/tmp/er_sde_scheduler.py /work/venv-ref/bin/python crates/engine/tools/reference/make_fixtures.py
+
+`er_sde` is InvokeAI's own scheduler class, not a diffusers one: the script imports it from the file that
+`INVOKEAI_ER_SDE` names (a copy of InvokeAI's `er_sde_scheduler.py`, kept outside the repository; it needs only
+torch, numpy and diffusers) and refuses to run without it, so that the fixtures never silently lose its runs.
 
 Fixtures written (compact JSON, float32 values with 9 significant digits):
 
@@ -20,6 +25,7 @@ Fixtures written (compact JSON, float32 values with 9 significant digits):
   latents after every step.
 """
 
+import importlib.util
 import inspect
 import json
 import os
@@ -33,15 +39,35 @@ from diffusers import (
     DDPMScheduler,
     DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
+
+
+def load_er_sde_scheduler():
+    """InvokeAI's ERSDEScheduler, imported from the file INVOKEAI_ER_SDE names (see the module docstring)."""
+    path = os.environ.get("INVOKEAI_ER_SDE")
+    if not path or not os.path.isfile(path):
+        sys.exit(
+            "set INVOKEAI_ER_SDE to a copy of InvokeAI's invokeai/backend/rectified_flow/er_sde_scheduler.py "
+            "(e.g. git show HEAD:invokeai/backend/rectified_flow/er_sde_scheduler.py > /tmp/er_sde_scheduler.py)"
+        )
+    spec = importlib.util.spec_from_file_location("invokeai_er_sde_scheduler", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ERSDEScheduler
+
+
+ERSDEScheduler = load_er_sde_scheduler()
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures")
 
@@ -131,6 +157,11 @@ SCHEDULER_MAP = {
     "kdpm_2_k": (KDPM2DiscreteScheduler, {"use_karras_sigmas": True}),
     "kdpm_2_a": (KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": False}),
     "kdpm_2_a_k": (KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": True}),
+    "dpmpp_2s": (DPMSolverSinglestepScheduler, {"use_karras_sigmas": False, "solver_order": 2}),
+    "dpmpp_2s_k": (DPMSolverSinglestepScheduler, {"use_karras_sigmas": True, "solver_order": 2}),
+    "lcm": (LCMScheduler, {}),
+    "tcd": (TCDScheduler, {}),
+    "er_sde": (ERSDEScheduler, {"solver_order": 3, "use_flow_sigmas": False, "stochastic": True}),
 }
 
 
@@ -216,6 +247,8 @@ def run(name, key, steps, seed, shape, denoising_start=0.0, denoising_end=1.0, i
     kwargs = {}
     if "generator" in inspect.signature(scheduler.step).parameters:
         kwargs["generator"] = torch.Generator("cpu").manual_seed(seed ^ 0xFFFFFFFF)
+    if isinstance(scheduler, TCDScheduler):
+        kwargs["eta"] = 1.0  # as InvokeAI's init_scheduler passes it
     out = []
     for k, t in enumerate(timesteps[start:end]):
         x_in = scheduler.scale_model_input(x, t)
@@ -271,9 +304,15 @@ def scheduler_fixtures():
     runs.append(run("dpmpp_2m_sde_k", "sdxl", 6, 3, (1, 4, 3, 5)))
     runs.append(run("ddpm", "sd15", 6, 2**32 - 1, (1, 4, 3, 5)))
     runs.append(run("kdpm_2_a_k", "sdxl", 6, 3, (1, 4, 3, 5)))
+    runs.append(run("lcm", "sd15", 6, 2**32 - 1, (1, 4, 3, 5)))
+    runs.append(run("tcd", "sdxl", 6, 3, (1, 4, 3, 5)))
+    runs.append(run("er_sde", "sd2v", 6, 17, (1, 4, 3, 5)))
     # Longer runs where the multistep solvers reach full order before the final steps.
     for name in ["dpmpp_3m_k", "dpmpp_3m", "lms", "unipc", "heun", "pndm", "kdpm_2_k", "deis"]:
         runs.append(run(name, "sdxl", 25, 11, (1, 4, 2, 2 * 4)))
+    for name in ["dpmpp_2s", "dpmpp_2s_k", "er_sde", "lcm", "tcd"]:
+        runs.append(run(name, "sdxl", 25, 11, (1, 4, 2, 2 * 4)))
+        runs.append(run(name, "sd15", 25, 13, (1, 4, 2, 2 * 4), denoising_start=0.45, init_seed=8))
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "runs": runs}
 
 
