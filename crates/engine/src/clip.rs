@@ -233,10 +233,27 @@ impl ClipTextTransformer {
         &self.config
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Encodes windows of token ids (each of the model's window length) as one batch.
     pub fn forward(
         &self,
         windows: &[Vec<u32>],
+        skipped_layers: usize,
+    ) -> Result<ClipOutput, EngineError> {
+        self.forward_masked(windows, None, skipped_layers)
+    }
+
+    /// [`Self::forward`] with an attention mask per window (transformers' `attention_mask`): a position whose
+    /// entry is `false` is hidden from every query (on top of the causal mask). compel uses it to encode a prompt
+    /// with a down-weighted fragment masked out; every window must keep its first position visible.
+    pub fn forward_masked(
+        &self,
+        windows: &[Vec<u32>],
+        key_masks: Option<&[Vec<bool>]>,
         skipped_layers: usize,
     ) -> Result<ClipOutput, EngineError> {
         let n_layers = self.layers.len();
@@ -270,7 +287,18 @@ impl ClipTextTransformer {
         let x = self.token_embedding.forward(&ids)?;
         let positions = self.position_embedding.i(..len)?;
         let mut x = x.broadcast_add(&positions)?;
-        let mask = causal_mask(len, x.dtype(), &self.device)?;
+        let mask = match key_masks {
+            None => causal_mask(len, x.dtype(), &self.device)?,
+            Some(masks) => {
+                if masks.len() != windows.len() || masks.iter().any(|m| m.len() != len || !m[0]) {
+                    return Err(EngineError::InvalidArgument(
+                        "attention masks must match the windows and keep their first position"
+                            .into(),
+                    ));
+                }
+                key_masked_causal_mask(masks, len, x.dtype(), &self.device)?
+            }
+        };
         let kept = n_layers - skipped_layers;
         let mut penultimate = x.clone();
         for (i, layer) in self.layers[..kept].iter().enumerate() {
@@ -324,4 +352,28 @@ fn causal_mask(len: usize, dtype: DType, device: &Device) -> candle_core::Result
         .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Tensor::from_vec(values, (1, 1, len, len), device)?.to_dtype(dtype)
+}
+
+/// (B, 1, L, L): the causal mask plus −∞ on the columns a window's key mask hides.
+fn key_masked_causal_mask(
+    masks: &[Vec<bool>],
+    len: usize,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let values: Vec<f32> = masks
+        .iter()
+        .flat_map(|m| {
+            (0..len).flat_map(move |i| {
+                (0..len).map(move |j| {
+                    if j > i || !m[j] {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+        })
+        .collect();
+    Tensor::from_vec(values, (masks.len(), 1, len, len), device)?.to_dtype(dtype)
 }

@@ -4,6 +4,7 @@
 //!   (spec `generation.md` §10.1).
 //! - [`schedulers`]: diffusers-compatible noise schedulers with InvokeAI's per-name overrides (§10.3, §10.6).
 //! - [`tokenizer`] and [`clip`]: our CLIP BPE tokenizer and text transformer (§10.2).
+//! - [`prompt`]: compel's prompt syntax (`word+`, `(phrase)1.3`, `.blend()`, `.and()`) and weighting (§10.2).
 //! - [`pipeline`]: SD 1.x/2.x on candle — [`pipeline::Sd`] loads a diffusers folder and runs prompt encoding,
 //!   the denoising loop, VAE decode and encode with InvokeAI's semantics (§10.3–§10.5).
 //! - [`tiny`]: random-weight tiny models in diffusers layout, for tests and benchmarks.
@@ -16,6 +17,7 @@ pub mod config;
 mod error;
 pub mod noise;
 pub mod pipeline;
+pub mod prompt;
 pub mod schedulers;
 pub mod tiny;
 pub mod tokenizer;

@@ -298,17 +298,13 @@ impl Sd {
         self.unet_spec.config.cross_attention_dim
     }
 
-    /// `compel` for SD 1.x/2.x (§10.2): the prompt's 77-token windows through the text encoder without its last
-    /// `skipped_layers` layers, with the final layer norm, concatenated: (1, 77·k, dim) in f32.
+    /// `compel` for SD 1.x/2.x (§10.2): the prompt parsed with compel's syntax ([`crate::prompt`]), its 77-token
+    /// windows through the text encoder without its last `skipped_layers` layers, with the final layer norm,
+    /// weighted as compel weights them and concatenated: (1, 77·k, dim) in f32. Text without syntax is encoded
+    /// as is.
     pub fn encode_prompt(&self, text: &str, skipped_layers: usize) -> Result<Tensor, EngineError> {
         let _span = tracing::debug_span!("encode_prompt").entered();
-        let windows = self.tokenizer.windows(text);
-        let out = self.text_encoder.forward(&windows, skipped_layers)?;
-        let (k, len, dim) = out.last_hidden_state.dims3()?;
-        Ok(out
-            .last_hidden_state
-            .reshape((1, k * len, dim))?
-            .to_dtype(DType::F32)?)
+        crate::prompt::encode(&self.tokenizer, &self.text_encoder, text, skipped_layers)
     }
 
     /// One UNet evaluation, in the model's dtype, returning f32.

@@ -359,27 +359,46 @@ impl ClipTokenizer {
             .map_or(max, |i| i + 1)
     }
 
-    /// The 77-token windows of `text` (§10.2): one for a short prompt, more for a long one, each
-    /// `[BOS] chunk [EOS] pad...`, concatenated.
-    pub fn windows(&self, text: &str) -> Vec<Vec<u32>> {
-        let mut remaining = self.encode(text);
+    /// How a token list is cut into chunks of at most 75 tokens (§10.2): the index ranges of the chunks, in
+    /// order, covering `ids`; an empty list gives one empty chunk.
+    pub fn chunk_ranges(&self, ids: &[u32]) -> Vec<std::ops::Range<usize>> {
         let chunk_len = self.max_length - 2;
-        let mut windows = Vec::new();
+        let mut ranges = Vec::new();
+        let mut start = 0;
         loop {
-            let split = self.split_point(&remaining, chunk_len).min(remaining.len());
-            let rest = remaining.split_off(split);
-            let mut window = Vec::with_capacity(self.max_length);
-            window.push(self.bos);
-            window.extend_from_slice(&remaining);
-            window.push(self.eos);
-            window.resize(self.max_length, self.pad);
-            windows.push(window);
-            remaining = rest;
-            if remaining.is_empty() {
+            let rest = &ids[start..];
+            let split = self.split_point(rest, chunk_len).min(rest.len());
+            ranges.push(start..start + split);
+            start += split;
+            if start >= ids.len() {
                 break;
             }
         }
-        windows
+        ranges
+    }
+
+    /// One window: `[BOS] chunk [EOS]` padded to the window length with the pad token.
+    pub fn window(&self, chunk: &[u32]) -> Vec<u32> {
+        let mut window = Vec::with_capacity(self.max_length);
+        window.push(self.bos);
+        window.extend_from_slice(chunk);
+        window.push(self.eos);
+        window.resize(self.max_length, self.pad);
+        window
+    }
+
+    /// The windows of a token list (without BOS/EOS), chunked as [`Self::chunk_ranges`] does.
+    pub fn windows_of_ids(&self, ids: &[u32]) -> Vec<Vec<u32>> {
+        self.chunk_ranges(ids)
+            .into_iter()
+            .map(|r| self.window(&ids[r]))
+            .collect()
+    }
+
+    /// The 77-token windows of `text` (§10.2): one for a short prompt, more for a long one, each
+    /// `[BOS] chunk [EOS] pad...`, concatenated.
+    pub fn windows(&self, text: &str) -> Vec<Vec<u32>> {
+        self.windows_of_ids(&self.encode(text))
     }
 }
 
