@@ -94,4 +94,46 @@ describe('flow 2: a user generates an image and watches its progress', () => {
     await bob.locator('.image-grid .tile').first().waitFor();
     await screenshot(bob, '41-gallery-after-generation');
   });
+
+  test('B makes three images in one run, with CFG rescale, and steps through them', async () => {
+    await bob.goto(`${server.url}#/generate`);
+    await bob.getByRole('heading', { name: 'Generate' }).waitFor();
+    await bob.waitForFunction(() => document.documentElement.dataset.socket === 'connected');
+    await bob.getByLabel('Images', { exact: true }).fill('3');
+    await bob.getByLabel('CFG rescale').fill('0.5');
+    await bob.getByLabel('Random').uncheck();
+    await bob.getByLabel('Seed', { exact: true }).fill('7');
+    const [res] = await Promise.all([
+      bob.waitForResponse('**/api/v1/generate'),
+      bob.getByRole('button', { name: 'Invoke' }).click(),
+    ]);
+    assert.equal(res.status(), 202, await res.text());
+    const sent = res.request().postDataJSON();
+    assert.equal(sent.count, 3);
+    assert.equal(sent.cfg_rescale_multiplier, 0.5);
+    const { item_ids: ids, seeds } = await res.json();
+    assert.equal(ids.length, 3);
+    assert.deepEqual(seeds, [7, 8, 9]);
+    await bob.locator('.gen-status').filter({ hasText: /^(Done\.|Failed)/ }).waitFor({ timeout: 90000 });
+    assert.match(await bob.locator('.gen-status').innerText(), /^Done\./);
+    const thumbs = bob.getByRole('list', { name: 'Images of this run' }).getByRole('listitem');
+    assert.equal(await thumbs.count(), 3);
+    // Every item completed with its own image; the seeds are shown on the thumbnails.
+    const bobToken = await apiLogin(server.url, BOB.email, BOB.password);
+    const names = [];
+    for (const id of ids) {
+      const item = await call(server.url, 'GET', `api/v1/queue/default/i/${id}`, { token: bobToken });
+      assert.equal(item.status, 'completed', JSON.stringify(item.error_message));
+      const out = Object.values(item.session.results).find((r) => r.image?.image_name && r.type === 'image_output');
+      names.push(out.image.image_name);
+    }
+    assert.equal(new Set(names).size, 3);
+    for (const seed of [7, 8, 9]) await bob.getByRole('listitem', { name: new RegExp(`\\(seed ${seed}\\)$`) }).waitFor();
+    // A thumbnail brings its image back to the stage, with its seed.
+    await thumbs.first().click();
+    const first = await bob.locator('.gen-stage img.gen-result').getAttribute('data-image-name');
+    assert.ok(names.includes(first), `${first} is one of the run's images`);
+    await bob.locator('.gen-result-meta').filter({ hasText: first }).waitFor();
+    await screenshot(bob, '42-generate-three-images');
+  });
 });

@@ -158,13 +158,21 @@ describe('models, generate and live updates', () => {
     // Invalid settings never reach the server.
     await bob.getByLabel('Width').fill('500');
     await bob.getByLabel('Steps').fill('0');
+    await bob.getByLabel('Images', { exact: true }).fill('0');
+    await bob.getByLabel('CFG rescale').fill('1');
     await bob.getByRole('button', { name: 'Invoke' }).click();
     await bob.getByText('Enter a prompt.').waitFor();
     await bob.getByText('Width must be a multiple of 8.').waitFor();
     await bob.getByText('Steps must be between 1 and 200.').waitFor();
+    await bob.getByText('Images must be between 1 and 100.').waitFor();
+    await bob.getByText('CFG rescale must be at least 0 and below 1.').waitFor();
     assert.equal(await bob.getByLabel('Prompt', { exact: true }).getAttribute('aria-invalid'), 'true');
     await screenshot(bob, '26-generate-invalid');
     assert.equal(sent.length, 0);
+    // Back to the defaults (a field's change, on leaving it, is what the screen remembers).
+    await bob.getByLabel('Images', { exact: true }).fill('1');
+    await bob.getByLabel('CFG rescale').fill('0');
+    await bob.getByLabel('CFG rescale').press('Tab');
 
     // A board of Bob's, and an initial image from the gallery.
     const board = await call(server.url, 'POST', `api/v1/boards/?board_name=${encodeURIComponent('Bob renders')}`, { token: bobToken });
@@ -191,9 +199,16 @@ describe('models, generate and live updates', () => {
       steps: 4, cfg_scale: 6.5, scheduler: 'euler', seed: 42, board_id: board.board_id,
     });
 
+    // Several images and CFG rescale are sent only when they differ from the API's defaults.
+    await bob.getByLabel('Images', { exact: true }).fill('4');
+    await bob.getByLabel('CFG rescale').fill('0.7');
     answer = { status: 409, contentType: 'application/json', body: JSON.stringify({ detail: 'The queue is full.' }) };
     await bob.getByRole('button', { name: 'Invoke' }).click();
     await bob.getByRole('alert').filter({ hasText: 'The queue is full.' }).waitFor();
+    assert.equal(sent[1].count, 4);
+    assert.equal(sent[1].cfg_rescale_multiplier, 0.7);
+    await bob.getByLabel('Images', { exact: true }).fill('1');
+    await bob.getByLabel('CFG rescale').fill('0');
 
     // Image to image: picked from the gallery, with a strength; the size follows the image.
     await bob.getByRole('button', { name: 'Choose from gallery' }).click();
@@ -306,6 +321,8 @@ describe('models, generate and live updates', () => {
     await bob.goto(`${server.url}#/queue`);
     await bob.getByRole('heading', { name: 'Queue' }).waitFor();
     await bob.locator('.live-state[data-live="true"]').waitFor();
+    // The list is drawn after the live marker: count once it is there (earlier tests left items).
+    await bob.locator('tbody tr').first().waitFor();
     const before = await bob.locator('tbody tr').count();
     const graph = { id: 'g-live', nodes: { a: { id: 'a', type: 'add', a: 1, b: 2 } }, edges: [] };
     const res = await call(server.url, 'POST', 'api/v1/queue/default/enqueue_batch', {

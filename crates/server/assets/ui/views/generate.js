@@ -32,8 +32,10 @@ export const SCHEDULERS = [
 
 const DEFAULTS = {
   model: '', prompt: '', negative_prompt: '', width: 512, height: 512, steps: 30, cfg_scale: 7.5,
-  scheduler: 'dpmpp_3m_k', seed: 0, random_seed: true, board_id: 'none', init_image: null, strength: 0.75,
+  cfg_rescale_multiplier: 0, scheduler: 'dpmpp_3m_k', seed: 0, random_seed: true, count: 1,
+  board_id: 'none', init_image: null, strength: 0.75,
 };
+const MAX_COUNT = 100;
 
 const imageUrl = (name, kind = 'full') => `api/v1/images/i/${encodeURIComponent(name)}/${kind}?${mediaQuery()}`;
 
@@ -76,6 +78,8 @@ export async function render(container) {
     height: h('input', { type: 'number', name: 'height', id: 'gen-height', min: 64, max: 4096, step: 8, inputmode: 'numeric' }),
     steps: h('input', { type: 'number', name: 'steps', id: 'gen-steps', min: 1, max: 200, step: 1, inputmode: 'numeric' }),
     cfg_scale: h('input', { type: 'number', name: 'cfg_scale', id: 'gen-cfg', min: 1, max: 200, step: 0.5, inputmode: 'decimal' }),
+    cfg_rescale_multiplier: h('input', { type: 'number', name: 'cfg_rescale_multiplier', id: 'gen-cfg-rescale', min: 0, max: 0.99, step: 0.05, inputmode: 'decimal' }),
+    count: h('input', { type: 'number', name: 'count', id: 'gen-count', min: 1, max: MAX_COUNT, step: 1, inputmode: 'numeric' }),
     scheduler: h('select', { name: 'scheduler', id: 'gen-scheduler' }, SCHEDULERS.map(([v, l]) => h('option', { value: v }, l))),
     seed: h('input', { type: 'number', name: 'seed', id: 'gen-seed', min: 0, max: MAX_SEED, step: 1, inputmode: 'numeric' }),
     random_seed: h('input', { type: 'checkbox', name: 'random_seed', id: 'gen-random-seed' }),
@@ -100,10 +104,12 @@ export async function render(container) {
   const bar = h('progress', { max: 1, value: 0, 'aria-label': 'Generation progress', hidden: true });
   const stage = h('div', { class: 'gen-stage' }, h('p', { class: 'muted' }, 'Your image appears here.'));
   const resultMeta = h('div', { class: 'gen-result-meta' });
+  // With several images per run: one thumbnail per finished image; a click shows it on the stage.
+  const strip = h('div', { class: 'gen-strip', role: 'list', 'aria-label': 'Images of this run', hidden: true });
   const cancelBtn = h('button', { type: 'button', class: 'btn small danger', hidden: true, onclick: () => cancelRun() }, 'Cancel');
 
   const fill = () => {
-    for (const k of ['prompt', 'negative_prompt', 'width', 'height', 'steps', 'cfg_scale', 'scheduler', 'seed', 'strength']) {
+    for (const k of ['prompt', 'negative_prompt', 'width', 'height', 'steps', 'cfg_scale', 'cfg_rescale_multiplier', 'scheduler', 'seed', 'count', 'strength']) {
       inputs[k].value = st[k] ?? '';
     }
     inputs.random_seed.checked = !!st.random_seed;
@@ -120,7 +126,7 @@ export async function render(container) {
     st.model = inputs.model.value;
     st.prompt = inputs.prompt.value;
     st.negative_prompt = inputs.negative_prompt.value;
-    for (const k of ['width', 'height', 'steps', 'cfg_scale', 'seed', 'strength']) {
+    for (const k of ['width', 'height', 'steps', 'cfg_scale', 'cfg_rescale_multiplier', 'seed', 'count', 'strength']) {
       st[k] = inputs[k].value === '' ? '' : Number(inputs[k].value);
     }
     st.scheduler = inputs.scheduler.value;
@@ -139,7 +145,7 @@ export async function render(container) {
   const applyModelDefaults = () => {
     const d = modelByKey(inputs.model.value)?.default_settings;
     if (!d) return;
-    for (const [k, key] of [['width', 'width'], ['height', 'height'], ['steps', 'steps'], ['cfg_scale', 'cfg_scale'], ['scheduler', 'scheduler']]) {
+    for (const [k, key] of [['width', 'width'], ['height', 'height'], ['steps', 'steps'], ['cfg_scale', 'cfg_scale'], ['cfg_rescale_multiplier', 'cfg_rescale_multiplier'], ['scheduler', 'scheduler']]) {
       if (d[key] !== null && d[key] !== undefined && !(k === 'scheduler' && !SCHEDULERS.some(([v]) => v === d[key]))) inputs[k].value = d[key];
     }
   };
@@ -229,6 +235,10 @@ export async function render(container) {
     int('steps', 1, 200, 'Steps');
     const cfg = inputs.cfg_scale.value.trim();
     if (cfg === '' || !Number.isFinite(Number(cfg)) || Number(cfg) < 1) problems.cfg_scale = 'CFG scale must be a number of at least 1.';
+    const rescale = inputs.cfg_rescale_multiplier.value.trim();
+    const r = Number(rescale);
+    if (rescale !== '' && (!Number.isFinite(r) || r < 0 || r >= 1)) problems.cfg_rescale_multiplier = 'CFG rescale must be at least 0 and below 1.';
+    int('count', 1, MAX_COUNT, 'Images');
     if (!inputs.random_seed.checked) int('seed', 0, MAX_SEED, 'Seed');
     for (const [k, box] of Object.entries(fieldErrors)) {
       const msg = problems[k] || '';
@@ -260,6 +270,11 @@ export async function render(container) {
       cfg_scale: Number(inputs.cfg_scale.value),
       scheduler: inputs.scheduler.value,
     };
+    // Left out at their defaults (0 and 1), so a plain request stays as small as the API's example.
+    const rescale = Number(inputs.cfg_rescale_multiplier.value || 0);
+    if (rescale > 0) body.cfg_rescale_multiplier = rescale;
+    const count = Number(inputs.count.value);
+    if (count > 1) body.count = count;
     if (!inputs.random_seed.checked) body.seed = Number(inputs.seed.value);
     if (inputs.board_id.value !== 'none') body.board_id = inputs.board_id.value;
     if (st.init_image) {
@@ -295,6 +310,8 @@ export async function render(container) {
     bar.value = 0;
     cancelBtn.hidden = false;
     mount(resultMeta);
+    mount(strip);
+    strip.hidden = true;
     setStatus(ids.length ? `Queued (item ${ids.join(', ')}).` : 'Nothing was queued.');
     if (!ids.length) endRun();
     else schedulePoll(POLL_MS);
@@ -339,10 +356,27 @@ export async function render(container) {
       return;
     }
     const img = imgs[imgs.length - 1];
-    showImage(img.image_name);
-    bar.value = 1;
     const seed = run.items.get(itemId)?.seed ?? item.field_values?.find?.((f) => f.field_name === 'value' && Number.isInteger(f.value))?.value;
-    setStatus('Done.');
+    showImage(img.image_name);
+    describeResult(img, seed);
+    const total = run.items.size;
+    const done = [...run.items.values()].filter((v) => v.status === 'completed').length;
+    bar.value = total > 1 ? done / total : 1;
+    setStatus(total > 1 && done < total ? `Finished ${done} of ${total}.` : 'Done.');
+    if (total > 1) {
+      strip.hidden = false;
+      strip.append(h('button', {
+        type: 'button', class: 'gen-thumb', role: 'listitem', title: img.image_name,
+        'aria-label': `Show image ${done} of ${total}${seed !== undefined && seed !== null ? ` (seed ${seed})` : ''}`,
+        onclick: () => {
+          mount(stage, h('img', { class: 'gen-result', src: imageUrl(img.image_name), alt: `Generated image ${img.image_name}`, dataset: { imageName: img.image_name } }));
+          describeResult(img, seed);
+        },
+      }, h('img', { src: imageUrl(img.image_name, 'thumbnail'), alt: '' })));
+    }
+  };
+
+  const describeResult = (img, seed) => {
     mount(resultMeta,
       h('span', {}, img.image_name),
       seed !== undefined && seed !== null ? h('span', {}, `Seed ${seed}`) : null,
@@ -457,7 +491,9 @@ export async function render(container) {
     h('div', { class: 'field' }, h('label', { for: 'gen-width' }, 'Width'), ...withError('width', inputs.width)),
     h('div', { class: 'field' }, h('label', { for: 'gen-height' }, 'Height'), ...withError('height', inputs.height)),
     h('div', { class: 'field' }, h('label', { for: 'gen-steps' }, 'Steps'), ...withError('steps', inputs.steps)),
-    h('div', { class: 'field' }, h('label', { for: 'gen-cfg' }, 'CFG scale'), ...withError('cfg_scale', inputs.cfg_scale))),
+    h('div', { class: 'field' }, h('label', { for: 'gen-cfg' }, 'CFG scale'), ...withError('cfg_scale', inputs.cfg_scale)),
+    h('div', { class: 'field' }, h('label', { for: 'gen-cfg-rescale' }, 'CFG rescale'), ...withError('cfg_rescale_multiplier', inputs.cfg_rescale_multiplier)),
+    h('div', { class: 'field' }, h('label', { for: 'gen-count' }, 'Images'), ...withError('count', inputs.count))),
   field('Scheduler', inputs.scheduler),
   h('div', { class: 'field' }, h('label', { for: 'gen-seed' }, 'Seed'),
     h('div', { class: 'seed-row' }, inputs.seed,
@@ -474,7 +510,7 @@ export async function render(container) {
       form,
       h('section', { class: 'gen-output', 'aria-label': 'Result' },
         h('div', { class: 'gen-output-head' }, statusLine, cancelBtn),
-        bar, stage, resultMeta)));
+        bar, stage, strip, resultMeta)));
 
   // ---- data ----
   const [main, gone, boardList] = await Promise.all([
@@ -527,6 +563,7 @@ export async function render(container) {
     set('height', meta.height);
     set('steps', meta.steps);
     set('cfg_scale', meta.cfg_scale);
+    st.cfg_rescale_multiplier = Number.isFinite(meta.cfg_rescale_multiplier) ? meta.cfg_rescale_multiplier : 0;
     if (meta.scheduler && SCHEDULERS.some(([v]) => v === meta.scheduler)) st.scheduler = meta.scheduler;
     if (Number.isInteger(meta.seed)) {
       st.seed = meta.seed;
