@@ -1,11 +1,12 @@
 //! Writes the tiny test models: `cargo run -p atelier-engine --example write_tiny -- <dir> [seed]`.
 //!
 //! Creates `<dir>/sd1`, `<dir>/sd2` and `<dir>/sd2v` (diffusers layout), the models the parity fixtures of
-//! `tools/reference/make_pipeline_fixtures.py` are computed on.
+//! `tools/reference/make_pipeline_fixtures.py` are computed on, and `<dir>/sd1-vae-ldm.safetensors`: sd1's VAE
+//! as a single-file checkpoint in the original LDM layout (`tools/reference/check_ldm_vae.py`).
 
 use std::path::PathBuf;
 
-use atelier_engine::tiny::{write_tiny_sd, Family};
+use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, Family};
 
 /// The seed the committed fixtures were made with.
 const DEFAULT_SEED: u64 = 1234;
@@ -24,5 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         write_tiny_sd(&dir.join(name), family, seed)?;
     }
+    write_ldm_vae(
+        &dir.join("sd1").join("vae"),
+        &dir.join("sd1-vae-ldm.safetensors"),
+        false,
+    )?;
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! - [`tokenizer`] and [`clip`]: our CLIP BPE tokenizer and text transformer (§10.2).
 //! - [`prompt`]: compel's prompt syntax (`word+`, `(phrase)1.3`, `.blend()`, `.and()`) and weighting (§10.2).
 //! - [`pipeline`]: SD 1.x/2.x on candle — [`pipeline::Sd`] loads a diffusers folder and runs prompt encoding,
-//!   the denoising loop, VAE decode and encode with InvokeAI's semantics (§10.3–§10.5).
+//!   the denoising loop, VAE decode and encode with InvokeAI's semantics (§10.3–§10.5); [`pipeline::Vae`] is
+//!   the VAE on its own (a model's `vae/` folder, a separate VAE folder or an LDM checkpoint).
+//! - [`ldm`]: single-file (original LDM layout) VAE checkpoints' tensor names.
 //! - [`tiny`]: random-weight tiny models in diffusers layout, for tests and benchmarks.
 //!
 //! The crate never downloads anything and never prints; it reads model files when asked to load them. Errors
@@ -15,6 +17,7 @@
 pub mod clip;
 pub mod config;
 mod error;
+pub mod ldm;
 pub mod noise;
 pub mod pipeline;
 pub mod prompt;

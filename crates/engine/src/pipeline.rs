@@ -94,8 +94,7 @@ pub struct Sd {
     text_encoder: ClipTextTransformer,
     unet: UNet2DConditionModel,
     unet_spec: UNetSpec,
-    vae: AutoEncoderKL,
-    vae_spec: VaeSpec,
+    vae: Vae,
     scheduler_config: SchedulerConfig,
     device: Device,
     dtype: DType,
@@ -145,11 +144,22 @@ pub fn load_vae(
     device: &Device,
 ) -> Result<(AutoEncoderKL, VaeSpec), EngineError> {
     check_dir(dir)?;
-    let mut spec = vae_spec(&dir.join("config.json"))?;
-    let mut files = SafetensorsFiles::open(&component_files(
+    let spec = vae_spec(&dir.join("config.json"))?;
+    let files = SafetensorsFiles::open(&component_files(
         dir,
         &["diffusion_pytorch_model", "model"],
     )?)?;
+    build_vae(files, spec, dtype, device, dir)
+}
+
+/// Builds the VAE from diffusers-named weights, with the `quant_conv` rewrite of [`load_vae`].
+fn build_vae(
+    mut files: SafetensorsFiles,
+    mut spec: VaeSpec,
+    dtype: DType,
+    device: &Device,
+    dir: &Path,
+) -> Result<(AutoEncoderKL, VaeSpec), EngineError> {
     let l = spec.config.latent_channels;
     let cpu = Device::Cpu;
     let (weight, bias) = if spec.config.use_quant_conv {
@@ -186,6 +196,180 @@ pub fn load_vae(
     let vae = AutoEncoderKL::new(vb, spec.in_channels, spec.out_channels, spec.config.clone())
         .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", dir.display())))?;
     Ok((vae, spec))
+}
+
+/// A loaded VAE (`AutoencoderKL`): the model, its configuration (latent channels, scaling factor) and where it
+/// runs. [`Sd`] holds one for its `vae/` folder; a separate VAE model loads the same way from its own folder.
+pub struct Vae {
+    model: AutoEncoderKL,
+    spec: VaeSpec,
+    device: Device,
+    dtype: DType,
+}
+
+impl Vae {
+    /// Loads a diffusers `AutoencoderKL` folder (`config.json` + `diffusion_pytorch_model.safetensors`), as
+    /// [`load_vae`] does.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, EngineError> {
+        let _span = tracing::info_span!("vae_load", path = %dir.display()).entered();
+        check_dir(dir)?;
+        check_vae_class(&dir.join("config.json"))?;
+        let (model, spec) = load_vae(dir, dtype, device)?;
+        Ok(Self {
+            model,
+            spec,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Loads a single-file VAE checkpoint in the original LDM layout (safetensors; a whole SD checkpoint's
+    /// `first_stage_model.` works too): the names are mapped to diffusers' ([`crate::ldm`]) and the
+    /// configuration follows from the shapes. A checkpoint does not record its `scaling_factor`, so the caller
+    /// gives it (0.18215 for SD 1.x/2.x, 0.13025 for SDXL). Decodes and encodes exactly as the same weights in
+    /// a diffusers folder.
+    pub fn load_checkpoint(
+        file: &Path,
+        scaling_factor: f64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EngineError> {
+        let _span = tracing::info_span!("vae_load", path = %file.display()).entered();
+        if !file.is_file() {
+            return Err(EngineError::InvalidModel(format!(
+                "{}: not a file",
+                file.display()
+            )));
+        }
+        let mut files = SafetensorsFiles::open(&[file])?;
+        let spec = crate::ldm::vae_from_ldm(&mut files, scaling_factor)
+            .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
+        let (model, spec) = build_vae(files, spec, dtype, device, file)?;
+        Ok(Self {
+            model,
+            spec,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// The candle model.
+    pub fn model(&self) -> &AutoEncoderKL {
+        &self.model
+    }
+
+    /// The configuration.
+    pub fn spec(&self) -> &VaeSpec {
+        &self.spec
+    }
+
+    /// The latent scaling factor.
+    pub fn scaling_factor(&self) -> f64 {
+        self.spec.scaling_factor
+    }
+
+    /// Latent channels (4 for SD 1.x/2.x/XL).
+    pub fn latent_channels(&self) -> usize {
+        self.spec.config.latent_channels
+    }
+
+    /// `l2i` (§10.4) before quantisation: `vae.decode(latents / scaling_factor) / 2 + 0.5`, clamped to [0, 1],
+    /// as a (3, H, W) f32 tensor.
+    pub fn decode_to_tensor(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
+        let _span = tracing::debug_span!("vae_decode").entered();
+        let dims = latents.dims();
+        if dims.len() != 4 || dims[0] != 1 || dims[1] != self.spec.config.latent_channels {
+            return Err(EngineError::InvalidArgument(format!(
+                "latents have shape {dims:?}, expected (1, {}, h, w)",
+                self.spec.config.latent_channels
+            )));
+        }
+        let z = (latents.to_dtype(DType::F32)? / self.spec.scaling_factor)?
+            .to_device(&self.device)?
+            .to_dtype(self.dtype)?;
+        let image = self
+            .model
+            .decode(&z)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        Ok(((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.squeeze(0)?)
+    }
+
+    /// `l2i` (§10.4): the 8-bit RGB image of latents (×255, rounded).
+    pub fn decode(&self, latents: &Tensor) -> Result<image::RgbImage, EngineError> {
+        let image = self.decode_to_tensor(latents)?;
+        let (c, h, w) = image.dims3()?;
+        if c != 3 {
+            return Err(EngineError::InvalidModel(format!(
+                "the VAE decodes {c} channels, not 3"
+            )));
+        }
+        let pixels: Vec<u8> = (image * 255.0)?
+            .round()?
+            .permute((1, 2, 0))?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            // Values are in [0, 255] after the clamp.
+            .map(|v| v as u8)
+            .collect();
+        let (w, h) = (
+            u32::try_from(w).map_err(|_| EngineError::InvalidArgument("image too wide".into()))?,
+            u32::try_from(h).map_err(|_| EngineError::InvalidArgument("image too tall".into()))?,
+        );
+        image::RgbImage::from_raw(w, h, pixels)
+            .ok_or_else(|| EngineError::Backend("decoded image has the wrong size".into()))
+    }
+
+    /// `i2l` (§10.5): resize to the largest multiple of 8 (Lanczos) when needed, scale to [−1, 1], encode, and
+    /// return the distribution's mean × scaling_factor: (1, 4, H/8, W/8) f32.
+    pub fn encode(&self, image: &image::RgbImage) -> Result<Tensor, EngineError> {
+        let _span = tracing::debug_span!("vae_encode").entered();
+        let (w, h) = (image.width() / 8 * 8, image.height() / 8 * 8);
+        if w == 0 || h == 0 {
+            return Err(EngineError::InvalidArgument(format!(
+                "image {}x{} is smaller than 8x8",
+                image.width(),
+                image.height()
+            )));
+        }
+        let resized;
+        let image = if (w, h) == image.dimensions() {
+            image
+        } else {
+            resized = image::imageops::resize(image, w, h, image::imageops::FilterType::Lanczos3);
+            &resized
+        };
+        let data: Vec<f32> = image
+            .as_raw()
+            .iter()
+            .map(|&v| f32::from(v) / 255.0 * 2.0 - 1.0)
+            .collect();
+        let x = Tensor::from_vec(data, (1, h as usize, w as usize, 3), &Device::Cpu)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?
+            .to_device(&self.device)?
+            .to_dtype(self.dtype)?;
+        let dist = self.model.encode(&x)?;
+        // `load_vae` made σ exactly 0, so the sample is the mean.
+        let mean = dist.sample()?;
+        Ok((mean.to_dtype(DType::F32)?.to_device(&Device::Cpu)? * self.spec.scaling_factor)?)
+    }
+}
+
+/// Refuses VAE configs of another class (`AutoencoderTiny`, ...) that the KL autoencoder cannot load.
+fn check_vae_class(config: &Path) -> Result<(), EngineError> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", config.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", config.display())))?;
+    match value.get("_class_name").and_then(serde_json::Value::as_str) {
+        None | Some("AutoencoderKL") => Ok(()),
+        Some(other) => Err(EngineError::InvalidModel(format!(
+            "{}: a {other} VAE is not supported (only AutoencoderKL)",
+            config.display()
+        ))),
+    }
 }
 
 /// A (1, 4, h, w) f32 tensor on the CPU from a row-major buffer.
@@ -230,7 +414,7 @@ impl Sd {
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
         let text_encoder = ClipTextTransformer::load(&dir.join("text_encoder"), dtype, device)?;
         let (unet, unet_spec) = load_unet(&dir.join("unet"), dtype, device)?;
-        let (vae, vae_spec) = load_vae(&dir.join("vae"), dtype, device)?;
+        let vae = Vae::load(&dir.join("vae"), device, dtype)?;
         let scheduler_config =
             scheduler_config(&dir.join("scheduler").join("scheduler_config.json"))?;
         if text_encoder.config().hidden_size != unet_spec.config.cross_attention_dim {
@@ -251,7 +435,6 @@ impl Sd {
             unet,
             unet_spec,
             vae,
-            vae_spec,
             scheduler_config,
             device: device.clone(),
             dtype,
@@ -274,7 +457,7 @@ impl Sd {
     }
 
     /// The VAE.
-    pub fn vae(&self) -> &AutoEncoderKL {
+    pub fn vae(&self) -> &Vae {
         &self.vae
     }
 
@@ -290,7 +473,7 @@ impl Sd {
 
     /// The VAE's latent scaling factor.
     pub fn vae_scaling_factor(&self) -> f64 {
-        self.vae_spec.scaling_factor
+        self.vae.scaling_factor()
     }
 
     /// The width of the conditioning (768 for SD 1.x, 1024 for SD 2.x).
@@ -497,87 +680,19 @@ impl Sd {
         latents_from_vec(&shape, x)
     }
 
-    /// `l2i` (§10.4) before quantisation: `vae.decode(latents / scaling_factor) / 2 + 0.5`, clamped to [0, 1],
-    /// as a (3, H, W) f32 tensor.
+    /// `l2i` (§10.4) before quantisation with the model's VAE; see [`Vae::decode_to_tensor`].
     pub fn decode_to_tensor(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
-        let _span = tracing::debug_span!("vae_decode").entered();
-        let dims = latents.dims();
-        if dims.len() != 4 || dims[0] != 1 || dims[1] != self.vae_spec.config.latent_channels {
-            return Err(EngineError::InvalidArgument(format!(
-                "latents have shape {dims:?}, expected (1, {}, h, w)",
-                self.vae_spec.config.latent_channels
-            )));
-        }
-        let z = (latents.to_dtype(DType::F32)? / self.vae_spec.scaling_factor)?
-            .to_device(&self.device)?
-            .to_dtype(self.dtype)?;
-        let image = self
-            .vae
-            .decode(&z)?
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?;
-        Ok(((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.squeeze(0)?)
+        self.vae.decode_to_tensor(latents)
     }
 
-    /// `l2i` (§10.4): the 8-bit RGB image of latents (×255, rounded).
+    /// `l2i` (§10.4) with the model's VAE; see [`Vae::decode`].
     pub fn decode(&self, latents: &Tensor) -> Result<image::RgbImage, EngineError> {
-        let image = self.decode_to_tensor(latents)?;
-        let (c, h, w) = image.dims3()?;
-        if c != 3 {
-            return Err(EngineError::InvalidModel(format!(
-                "the VAE decodes {c} channels, not 3"
-            )));
-        }
-        let pixels: Vec<u8> = (image * 255.0)?
-            .round()?
-            .permute((1, 2, 0))?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            // Values are in [0, 255] after the clamp.
-            .map(|v| v as u8)
-            .collect();
-        let (w, h) = (
-            u32::try_from(w).map_err(|_| EngineError::InvalidArgument("image too wide".into()))?,
-            u32::try_from(h).map_err(|_| EngineError::InvalidArgument("image too tall".into()))?,
-        );
-        image::RgbImage::from_raw(w, h, pixels)
-            .ok_or_else(|| EngineError::Backend("decoded image has the wrong size".into()))
+        self.vae.decode(latents)
     }
 
-    /// `i2l` (§10.5): resize to the largest multiple of 8 (Lanczos) when needed, scale to [−1, 1], encode, and
-    /// return the distribution's mean × scaling_factor: (1, 4, H/8, W/8) f32.
+    /// `i2l` (§10.5) with the model's VAE; see [`Vae::encode`].
     pub fn encode(&self, image: &image::RgbImage) -> Result<Tensor, EngineError> {
-        let _span = tracing::debug_span!("vae_encode").entered();
-        let (w, h) = (image.width() / 8 * 8, image.height() / 8 * 8);
-        if w == 0 || h == 0 {
-            return Err(EngineError::InvalidArgument(format!(
-                "image {}x{} is smaller than 8x8",
-                image.width(),
-                image.height()
-            )));
-        }
-        let resized;
-        let image = if (w, h) == image.dimensions() {
-            image
-        } else {
-            resized = image::imageops::resize(image, w, h, image::imageops::FilterType::Lanczos3);
-            &resized
-        };
-        let data: Vec<f32> = image
-            .as_raw()
-            .iter()
-            .map(|&v| f32::from(v) / 255.0 * 2.0 - 1.0)
-            .collect();
-        let x = Tensor::from_vec(data, (1, h as usize, w as usize, 3), &Device::Cpu)?
-            .permute((0, 3, 1, 2))?
-            .contiguous()?
-            .to_device(&self.device)?
-            .to_dtype(self.dtype)?;
-        let dist = self.vae.encode(&x)?;
-        // `load_vae` made σ exactly 0, so the sample is the mean.
-        let mean = dist.sample()?;
-        Ok((mean.to_dtype(DType::F32)?.to_device(&Device::Cpu)? * self.vae_spec.scaling_factor)?)
+        self.vae.encode(image)
     }
 
     /// The initial noise of the `noise` node as a tensor (§10.1).

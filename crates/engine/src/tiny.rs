@@ -478,6 +478,46 @@ pub fn write_random_vae(dir: &Path, config: &Value, seed: u64) -> Result<(), Eng
     )
 }
 
+/// Rewrites a diffusers VAE folder's weights as a single-file checkpoint in the original LDM layout
+/// ([`crate::ldm::vae_key_to_ldm`], attention projections as 1×1 convolutions), optionally under a whole
+/// checkpoint's `first_stage_model.` prefix: a VAE checkpoint like those people download, for tests.
+pub fn write_ldm_vae(
+    vae_dir: &Path,
+    file: &Path,
+    full_checkpoint: bool,
+) -> Result<(), EngineError> {
+    let spec = vae_spec(&vae_dir.join("config.json"))?;
+    let up_blocks = spec.config.block_out_channels.len();
+    let files = crate::weights::SafetensorsFiles::open(&crate::weights::component_files(
+        vae_dir,
+        &["diffusion_pytorch_model", "model"],
+    )?)?;
+    let mut names: Vec<String> = files.names().map(str::to_owned).collect();
+    names.sort();
+    let mut tensors = Vec::new();
+    for name in names {
+        let ldm = crate::ldm::vae_key_to_ldm(&name, up_blocks).ok_or_else(|| {
+            EngineError::InvalidArgument(format!("no LDM name for VAE tensor '{name}'"))
+        })?;
+        let tensor = files.load(&name, DType::F32, &Device::Cpu)?;
+        let mut shape = tensor.dims().to_vec();
+        if ldm.contains(".attn_1.") && !ldm.contains(".norm.") && shape.len() == 2 {
+            shape.extend([1, 1]);
+        }
+        let prefix = if full_checkpoint {
+            "first_stage_model."
+        } else {
+            ""
+        };
+        tensors.push((
+            format!("{prefix}{ldm}"),
+            shape,
+            tensor.flatten_all()?.to_vec1::<f32>()?,
+        ));
+    }
+    crate::weights::write_f32_safetensors(file, &tensors)
+}
+
 /// The tiny tokenizer's vocabulary (for tests).
 pub fn tiny_vocabulary() -> HashMap<String, u32> {
     tiny_vocab().0.into_iter().collect()

@@ -123,6 +123,27 @@ impl SafetensorsFiles {
         self.tensors.get(name).map(|i| i.shape.as_slice())
     }
 
+    /// Renames the tensors in the files: `rename` maps each name to its new name, or to `None` to drop the
+    /// tensor. Two tensors renamed to the same name are an error.
+    pub fn rename(
+        &mut self,
+        mut rename: impl FnMut(&str) -> Option<String>,
+    ) -> Result<(), EngineError> {
+        let mut renamed = HashMap::with_capacity(self.tensors.len());
+        for (name, info) in std::mem::take(&mut self.tensors) {
+            if let Some(new) = rename(&name) {
+                if renamed.contains_key(&new) {
+                    return Err(EngineError::InvalidModel(format!(
+                        "two tensors map to '{new}' (one is '{name}')"
+                    )));
+                }
+                renamed.insert(new, info);
+            }
+        }
+        self.tensors = renamed;
+        Ok(())
+    }
+
     /// Replaces (or adds) a tensor: later reads of `name` return `tensor`.
     pub fn set_override(&mut self, name: &str, tensor: Tensor) {
         self.overrides.insert(name.to_string(), tensor);

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use atelier_engine::candle::{DType, Device};
-use atelier_engine::pipeline::{latents_to_vec, CfgScale, DenoiseRequest, Sd, StepProgress};
-use atelier_engine::tiny::{write_tiny_sd, Family};
+use atelier_engine::pipeline::{latents_to_vec, CfgScale, DenoiseRequest, Sd, StepProgress, Vae};
+use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, Family};
 use atelier_engine::weights::{write_f32_safetensors, SafetensorsFiles};
 use atelier_engine::EngineError;
 
@@ -214,4 +214,89 @@ fn broken_models_are_errors_not_panics() {
         Sd::load(&dir.path().join("nope"), &Device::Cpu, DType::F32),
         Err(EngineError::InvalidModel(_))
     ));
+}
+
+#[test]
+fn a_separate_vae_folder_decodes_and_encodes_like_the_pipeline_that_holds_it() {
+    // A tiny VAE: the `vae/` folder of a tiny model written with another seed.
+    let other = tempfile::tempdir().unwrap();
+    write_tiny_sd(other.path(), Family::Sd1, 11).unwrap();
+    let vae = Vae::load(&other.path().join("vae"), &Device::Cpu, DType::F32).unwrap();
+    let owner = Sd::load(other.path(), &Device::Cpu, DType::F32).unwrap();
+    let (_dir, sd) = tiny(Family::Sd1);
+    assert_eq!(vae.latent_channels(), 4);
+    assert!((vae.scaling_factor() - 0.18215).abs() < 1e-12);
+    let z = Sd::noise(5, 64, 48).unwrap();
+    let separate = vae.decode(&z).unwrap();
+    assert_eq!(separate.dimensions(), (64, 48));
+    assert_eq!(separate.as_raw(), owner.decode(&z).unwrap().as_raw());
+    assert_eq!(separate.as_raw(), owner.vae().decode(&z).unwrap().as_raw());
+    // Another model's VAE really is another VAE.
+    assert_ne!(separate.as_raw(), sd.decode(&z).unwrap().as_raw());
+    let encoded = vae.encode(&separate).unwrap();
+    assert_eq!(encoded.dims(), &[1, 4, 6, 8]);
+    assert_eq!(
+        latents_to_vec(&encoded).unwrap(),
+        latents_to_vec(&owner.encode(&separate).unwrap()).unwrap()
+    );
+    // Not a folder, or another VAE class: errors.
+    assert!(matches!(
+        Vae::load(&other.path().join("missing"), &Device::Cpu, DType::F32),
+        Err(EngineError::InvalidModel(_))
+    ));
+    let config = other.path().join("vae").join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("\"AutoencoderKL\"", "\"AutoencoderTiny\""),
+    )
+    .unwrap();
+    let err = Vae::load(&other.path().join("vae"), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("AutoencoderTiny"), "{err}");
+}
+
+#[test]
+fn an_ldm_vae_checkpoint_decodes_like_its_diffusers_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_sd(dir.path(), Family::Sd1, 23).unwrap();
+    let twin = Vae::load(&dir.path().join("vae"), &Device::Cpu, DType::F32).unwrap();
+    let z = Sd::noise(9, 64, 48).unwrap();
+    let want = twin.decode(&z).unwrap();
+    for full in [false, true] {
+        let file = dir.path().join(format!("vae-{full}.safetensors"));
+        write_ldm_vae(&dir.path().join("vae"), &file, full).unwrap();
+        let files = SafetensorsFiles::open(&[&file]).unwrap();
+        let prefix = if full { "first_stage_model." } else { "" };
+        assert_eq!(
+            files.shape(&format!("{prefix}encoder.mid.attn_1.q.weight")),
+            Some(&[32usize, 32, 1, 1][..])
+        );
+        assert!(files.contains(&format!("{prefix}decoder.up.3.upsample.conv.weight")));
+        assert!(!files.contains(&format!("{prefix}decoder.up.0.upsample.conv.weight")));
+        let vae = Vae::load_checkpoint(&file, 0.18215, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(vae.spec().config.block_out_channels, [32, 32, 32, 32]);
+        assert_eq!(vae.spec().config.layers_per_block, 1);
+        assert_eq!(vae.decode(&z).unwrap().as_raw(), want.as_raw());
+        assert_eq!(
+            latents_to_vec(&vae.encode(&want).unwrap()).unwrap(),
+            latents_to_vec(&twin.encode(&want).unwrap()).unwrap()
+        );
+    }
+    // Not an LDM VAE: a clear error.
+    let err = Vae::load_checkpoint(
+        &dir.path()
+            .join("vae")
+            .join("diffusion_pytorch_model.safetensors"),
+        0.18215,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("not an LDM VAE checkpoint"),
+        "{err}"
+    );
 }

@@ -5,7 +5,7 @@
 use crate::common::socket::SocketClient;
 use crate::common::*;
 use crate::models::install;
-use atelier_engine::tiny::{write_tiny_sd, Family};
+use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, Family};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -226,4 +226,212 @@ async fn canceling_stops_denoising_mid_way() {
         progress_after <= 1,
         "{progress_after} steps ran after the cancel"
     );
+}
+
+/// Writes a tiny model with `seed` outside the models folder and installs its `vae/` folder in
+/// place as a separate VAE model (as `token`); `scaling` overrides the config's scaling factor,
+/// which the model manager reads the VAE's base from. Returns the install job.
+async fn tiny_vae(
+    s: &TestServer,
+    token: Option<&str>,
+    name: &str,
+    seed: u64,
+    scaling: f64,
+) -> Value {
+    let dir = s.root.path().join("incoming").join(name);
+    write_tiny_sd(&dir, Family::Sd1, seed).expect("tiny model");
+    let vae = dir.join("vae");
+    let config = vae.join("config.json");
+    let mut value: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    value["scaling_factor"] = json!(scaling);
+    std::fs::write(&config, serde_json::to_vec(&value).unwrap()).unwrap();
+    install(s, token, vae.to_str().unwrap(), true).await
+}
+
+async fn image_pixels(s: &TestServer, token: Option<&str>, name: &str) -> image::RgbImage {
+    let png = s
+        .get_bytes(&format!("/api/v1/images/i/{name}/full"), token, &[])
+        .await;
+    image::load_from_memory(&png.2).expect("png").to_rgb8()
+}
+
+/// Enqueues `graph` as `token` and waits for the item's end; returns (status, l2i image name).
+async fn run_graph(s: &TestServer, token: Option<&str>, graph: &Value) -> (Value, Value) {
+    let r = s
+        .post(
+            "/api/v1/queue/default/enqueue_batch",
+            token,
+            &json!({"batch": {"graph": graph, "runs": 1}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.body["item_ids"][0].as_i64().unwrap();
+    for _ in 0..2400 {
+        let item = s.get(&format!("/api/v1/queue/default/i/{id}"), token).await;
+        let status = item.body["status"].clone();
+        if ["completed", "failed", "canceled"].contains(&status.as_str().unwrap_or_default()) {
+            let session = &item.body["session"];
+            let exec = session["source_prepared_mapping"]["canvas_output:n12"][0]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let image = session["results"][exec]["image"]["image_name"].clone();
+            assert_eq!(status, "completed", "{}", item.text);
+            return (status, image);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("item {id} did not finish");
+}
+
+#[tokio::test]
+async fn a_separate_vae_model_decodes_and_encodes() {
+    let s = TestServer::builder().multiuser(true).start().await;
+    let admin = s.setup_admin().await;
+    let (_, alice) = s.user_with_token(&admin, "alice@example.com").await;
+    let user = Some(alice.as_str());
+    // The admin installs a tiny main model and a separate tiny VAE (another seed).
+    let dir = s.root.path().join("incoming").join("tiny-main");
+    write_tiny_sd(&dir, Family::Sd1, 7).expect("tiny model");
+    let job = install(&s, Some(&admin), dir.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let main = job["config_out"].clone();
+    let job = tiny_vae(&s, Some(&admin), "tiny-vae", 99, 0.18215).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let vae = job["config_out"].clone();
+    assert_eq!(
+        (
+            vae["type"].clone(),
+            vae["format"].clone(),
+            vae["base"].clone()
+        ),
+        (json!("vae"), json!("diffusers"), json!("sd-1"))
+    );
+    let (key, vae_key) = (main["key"].clone(), vae["key"].clone());
+
+    let body = |vae: Option<&Value>| {
+        let mut b = json!({"prompt": "a red fox", "model": key, "width": 64, "height": 64,
+            "steps": 2, "scheduler": "euler", "seed": 42, "wait": true, "timeout_s": 120});
+        if let Some(v) = vae {
+            b["vae"] = v.clone();
+        }
+        b
+    };
+    let mut pixels = Vec::new();
+    for with in [None, Some(&vae_key), None] {
+        let r = s.post("/api/v1/generate", user, &body(with)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["status"], "completed", "{}", r.text);
+        let name = r.body["images"][0]["image_name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if with.is_some() {
+            let meta = s
+                .get(&format!("/api/v1/images/i/{name}/metadata"), user)
+                .await;
+            assert_eq!(meta.body["vae"]["key"], vae_key);
+        }
+        pixels.push(image_pixels(&s, user, &name).await);
+    }
+    assert_ne!(
+        pixels[0].as_raw(),
+        pixels[1].as_raw(),
+        "the VAE was not used"
+    );
+    assert_eq!(pixels[0].as_raw(), pixels[2].as_raw());
+
+    // The same VAE as a single-file checkpoint (original LDM names) decodes the same pixels.
+    let incoming = s.root.path().join("incoming");
+    let file = incoming.join("tiny-vae-ldm.safetensors");
+    write_ldm_vae(&incoming.join("tiny-vae").join("vae"), &file, false).expect("ldm vae");
+    let job = install(&s, Some(&admin), file.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(
+        (
+            job["config_out"]["type"].clone(),
+            job["config_out"]["format"].clone()
+        ),
+        (json!("vae"), json!("checkpoint"))
+    );
+    let r = s
+        .post(
+            "/api/v1/generate",
+            user,
+            &body(Some(&job["config_out"]["key"])),
+        )
+        .await;
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    let name = r.body["images"][0]["image_name"].as_str().unwrap();
+    let checkpoint = image_pixels(&s, user, name).await;
+    assert_eq!(checkpoint.as_raw(), pixels[1].as_raw());
+
+    // Image to image encodes with the separate VAE too.
+    let up = s
+        .upload(
+            user,
+            "image_category=user&is_intermediate=false",
+            png_bytes(64, 48),
+            "image/png",
+        )
+        .await;
+    assert_eq!(up.status, 201, "{}", up.text);
+    let mut i2i = body(Some(&vae_key));
+    i2i["init_image"] = up.body["image_name"].clone();
+    i2i["strength"] = json!(0.5);
+    i2i.as_object_mut().unwrap().remove("width");
+    i2i.as_object_mut().unwrap().remove("height");
+    let r = s.post("/api/v1/generate", user, &i2i).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+
+    // The UI's graph (Appendix A) with a `vae_loader` feeding `l2i`.
+    let mut graph: Value =
+        serde_json::from_str::<Value>(include_str!("../../graph/tests/appendix_a.json")).unwrap()
+            ["batch"]["graph"]
+            .clone();
+    let identifier = |m: &Value| {
+        json!({"key": m["key"], "hash": m["hash"], "name": m["name"], "base": m["base"],
+            "type": m["type"]})
+    };
+    let nodes = graph["nodes"].as_object_mut().unwrap();
+    nodes["sd1_model_loader:n4"]["model"] = identifier(&main);
+    nodes["core_metadata:n13"]["model"] = identifier(&main);
+    nodes["seed:n1"]["value"] = json!(42);
+    nodes["positive_prompt:n2"]["value"] = json!("a red fox");
+    for (field, value) in [("width", 64), ("height", 64)] {
+        nodes["noise:n10"][field] = json!(value);
+        nodes["core_metadata:n13"][field] = json!(value);
+    }
+    nodes["denoise_latents:n11"]["steps"] = json!(2);
+    nodes["denoise_latents:n11"]["scheduler"] = json!("euler");
+    let (_, own) = run_graph(&s, user, &graph).await;
+    let nodes = graph["nodes"].as_object_mut().unwrap();
+    nodes.insert(
+        "vae_loader:n14".into(),
+        json!({"id": "vae_loader:n14", "type": "vae_loader", "is_intermediate": true,
+            "use_cache": true, "vae_model": identifier(&vae)}),
+    );
+    for edge in graph["edges"].as_array_mut().unwrap() {
+        if edge["destination"] == json!({"node_id": "canvas_output:n12", "field": "vae"}) {
+            edge["source"] = json!({"node_id": "vae_loader:n14", "field": "vae"});
+        }
+    }
+    let (_, separate) = run_graph(&s, user, &graph).await;
+    let own = image_pixels(&s, user, own.as_str().unwrap()).await;
+    let separate = image_pixels(&s, user, separate.as_str().unwrap()).await;
+    assert_eq!(separate.dimensions(), (64, 64));
+    assert_ne!(
+        own.as_raw(),
+        separate.as_raw(),
+        "the VAE loader was not used"
+    );
+
+    // A VAE of another base is refused by `POST /api/v1/generate` (same base only).
+    let job = tiny_vae(&s, Some(&admin), "tiny-sdxl-vae", 5, 0.13025).await;
+    assert_eq!(job["config_out"]["base"], "sdxl", "{job}");
+    let wrong = job["config_out"]["key"].clone();
+    let r = s.post("/api/v1/generate", user, &body(Some(&wrong))).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("is not a VAE for sd-1"), "{}", r.text);
 }

@@ -2,13 +2,15 @@
 //! items within a memory budget), encoding prompts, denoising, VAE decode and encode through
 //! the engine. Values pass between nodes through the [`TensorStore`] by name.
 //!
-//! Supported today: SD 1.x / 2.x main models in diffusers folders, on the CPU in f32. SDXL,
-//! single-file checkpoints, separate VAE models and LoRAs are refused with a clear error
-//! (issue 5 tracks them).
+//! Supported today: SD 1.x / 2.x main models in diffusers folders, and separate SD 1.x/2.x/XL VAE
+//! models (diffusers folders or single-file LDM checkpoints), on the CPU in f32. SDXL, single-file
+//! main checkpoints and LoRAs are refused with a clear error (issue 5 tracks them).
 
 use crate::service::tensors::{Latents, Stored, TensorStore};
 use atelier_engine::candle::{DType, Device, Tensor};
-use atelier_engine::pipeline::{latents_from_vec, latents_to_vec, CfgScale, DenoiseRequest, Sd};
+use atelier_engine::pipeline::{
+    latents_from_vec, latents_to_vec, CfgScale, DenoiseRequest, Sd, Vae,
+};
 use atelier_graph::NodeError;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -32,10 +34,17 @@ fn unsupported(what: &str) -> NodeError {
     )
 }
 
+/// A loaded model in the cache: a whole pipeline, or a separate VAE.
+#[derive(Clone)]
+enum Loaded {
+    Sd(Arc<Sd>),
+    Vae(Arc<Vae>),
+}
+
 /// Loaded models, least recently used first out when over budget.
 pub struct ModelCache {
     budget: u64,
-    entries: Vec<(String, u64, Arc<Sd>)>,
+    entries: Vec<(String, u64, Loaded)>,
 }
 
 impl ModelCache {
@@ -49,7 +58,7 @@ impl ModelCache {
         }
     }
 
-    fn get(&mut self, key: &str) -> Option<Arc<Sd>> {
+    fn get(&mut self, key: &str) -> Option<Loaded> {
         let pos = self.entries.iter().position(|(k, _, _)| k == key)?;
         let entry = self.entries.remove(pos);
         let model = entry.2.clone();
@@ -57,7 +66,8 @@ impl ModelCache {
         Some(model)
     }
 
-    fn insert(&mut self, key: &str, size: u64, model: Arc<Sd>) {
+    fn insert(&mut self, key: &str, size: u64, model: Loaded) {
+        self.entries.retain(|(k, _, _)| k != key);
         while !self.entries.is_empty()
             && self.entries.iter().map(|(_, s, _)| s).sum::<u64>() + size > self.budget
         {
@@ -144,15 +154,13 @@ fn model(
     key: &str,
     submodel: &str,
 ) -> Result<Arc<Sd>, NodeError> {
-    if let Some(m) = cache.get(key) {
+    if let Some(Loaded::Sd(m)) = cache.get(key) {
         return Ok(m);
     }
-    let record = host
-        .model_record(key)?
-        .ok_or_else(|| NodeError::new("UnknownModelException", format!("Unknown model {key}")))?;
+    let record = record(host, key)?;
     if record["type"] != "main" {
-        return Err(unsupported(&format!(
-            "a separate {} model",
+        return Err(NodeError::value(format!(
+            "model {key} is a {} model, not a main model",
             record["type"].as_str().unwrap_or("?")
         )));
     }
@@ -172,8 +180,69 @@ fn model(
     host.model_load(true, &record, Some(submodel));
     let model = Arc::new(loaded);
     let size = record["file_size"].as_u64().unwrap_or(0);
-    cache.insert(key, size, model.clone());
+    cache.insert(key, size, Loaded::Sd(model.clone()));
     Ok(model)
+}
+
+fn record(host: &mut dyn Host, key: &str) -> Result<Value, NodeError> {
+    host.model_record(key)?
+        .ok_or_else(|| NodeError::new("UnknownModelException", format!("Unknown model {key}")))
+}
+
+/// The VAE a `VAEField` names: a main model's (its `vae/` folder) or a separate VAE model.
+enum VaeOf {
+    Main(Arc<Sd>),
+    Separate(Arc<Vae>),
+}
+
+impl VaeOf {
+    fn get(&self) -> &Vae {
+        match self {
+            VaeOf::Main(sd) => sd.vae(),
+            VaeOf::Separate(vae) => vae,
+        }
+    }
+}
+
+/// Loads (or finds in the cache) the VAE of model `key`. Like InvokeAI's `l2i`/`i2l`, any SD 1.x/2.x/XL
+/// `AutoencoderKL` is accepted whatever the main model (its latents must have the VAE's channel count);
+/// `POST /api/v1/generate` is where a VAE of another base is refused.
+fn vae_model(cache: &mut ModelCache, host: &mut dyn Host, key: &str) -> Result<VaeOf, NodeError> {
+    match cache.get(key) {
+        Some(Loaded::Sd(sd)) => return Ok(VaeOf::Main(sd)),
+        Some(Loaded::Vae(vae)) => return Ok(VaeOf::Separate(vae)),
+        None => {}
+    }
+    let record = record(host, key)?;
+    if record["type"] != "vae" {
+        return model(cache, host, key, "vae").map(VaeOf::Main);
+    }
+    let base = record["base"].as_str().unwrap_or_default();
+    if !["sd-1", "sd-2", "sdxl"].contains(&base) {
+        return Err(unsupported(&format!("a VAE of base {base}")));
+    }
+    let format = record["format"].as_str().unwrap_or_default();
+    if !["diffusers", "checkpoint"].contains(&format) {
+        return Err(unsupported(&format!("a VAE in {format} format")));
+    }
+    let path: PathBuf = crate::service::models::resolve(
+        host.models_dir(),
+        record["path"].as_str().unwrap_or_default(),
+    );
+    host.model_load(false, &record, None);
+    let loaded = if format == "diffusers" {
+        Vae::load(&path, &Device::Cpu, DType::F32)
+    } else {
+        // A checkpoint records no scaling factor: the family's (generation.md §10.4).
+        let scaling = if base == "sdxl" { 0.13025 } else { 0.18215 };
+        Vae::load_checkpoint(&path, scaling, &Device::Cpu, DType::F32)
+    }
+    .map_err(engine_error)?;
+    host.model_load(true, &record, None);
+    let vae = Arc::new(loaded);
+    let size = record["file_size"].as_u64().unwrap_or(0);
+    cache.insert(key, size, Loaded::Vae(vae.clone()));
+    Ok(VaeOf::Separate(vae))
 }
 
 fn conditioning(tensors: &TensorStore, field: &Value) -> Result<Tensor, NodeError> {
@@ -337,10 +406,10 @@ pub fn decode(
     {
         return Err(unsupported("seamless tiling"));
     }
-    let sd = model(cache, host, &key_of(vae, "vae")?, "vae")?;
+    let vae = vae_model(cache, host, &key_of(vae, "vae")?)?;
     let (t, _) = latents(tensors, &request["latents"])?
         .ok_or_else(|| NodeError::value("no latents given"))?;
-    let rgb = sd.decode(&t).map_err(engine_error)?;
+    let rgb = vae.get().decode(&t).map_err(engine_error)?;
     Ok(image::DynamicImage::ImageRgb8(rgb))
 }
 
@@ -355,8 +424,8 @@ pub fn encode(
     if request["color_compensation"] == "SDXL" {
         return Err(unsupported("SDXL colour compensation"));
     }
-    let sd = model(cache, host, &key_of(&request["vae"], "vae")?, "vae")?;
-    let t = sd.encode(&image.to_rgb8()).map_err(engine_error)?;
+    let vae = vae_model(cache, host, &key_of(&request["vae"], "vae")?)?;
+    let t = vae.get().encode(&image.to_rgb8()).map_err(engine_error)?;
     store_latents(tensors, &t)
 }
 
