@@ -8,7 +8,8 @@
 //! - [`pipeline`]: SD 1.x/2.x on candle — [`pipeline::Sd`] loads a diffusers folder and runs prompt encoding,
 //!   the denoising loop, VAE decode and encode with InvokeAI's semantics (§10.3–§10.5); [`pipeline::Vae`] is
 //!   the VAE on its own (a model's `vae/` folder, a separate VAE folder or an LDM checkpoint).
-//! - [`ldm`]: single-file (original LDM layout) VAE checkpoints' tensor names.
+//! - [`ldm`]: single-file (original LDM layout) checkpoints: the tensor names and configurations of the VAE,
+//!   the UNet and the SD 1.x CLIP text encoder.
 //! - [`tiny`]: random-weight tiny models in diffusers layout, for tests and benchmarks.
 //!
 //! The crate never downloads anything and never prints; it reads model files when asked to load them. Errors

@@ -88,6 +88,28 @@ pub struct DenoiseRequest {
     pub seed: u32,
 }
 
+/// What a single-file checkpoint does not record, by model family ([`Sd::load_checkpoint`]).
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    /// Attention heads per UNet block (the last entry repeats for further blocks).
+    pub attention_heads: Vec<usize>,
+    /// The family's standard scheduler configuration (with its prediction type).
+    pub scheduler: SchedulerConfig,
+    /// The VAE's latent scaling factor.
+    pub vae_scaling_factor: f64,
+}
+
+impl CheckpointConfig {
+    /// SD 1.x: 8 heads in every block, `SchedulerConfig::sd15()` (ε-prediction), scaling factor 0.18215.
+    pub fn sd1() -> Self {
+        Self {
+            attention_heads: vec![8],
+            scheduler: SchedulerConfig::sd15(),
+            vae_scaling_factor: 0.18215,
+        }
+    }
+}
+
 /// A loaded SD 1.x / 2.x model: tokenizer, text encoder, UNet, VAE and scheduler configuration.
 pub struct Sd {
     tokenizer: ClipTokenizer,
@@ -417,6 +439,91 @@ impl Sd {
         let vae = Vae::load(&dir.join("vae"), device, dtype)?;
         let scheduler_config =
             scheduler_config(&dir.join("scheduler").join("scheduler_config.json"))?;
+        Self::assemble(
+            tokenizer,
+            text_encoder,
+            (unet, unet_spec),
+            vae,
+            scheduler_config,
+            device,
+            dtype,
+        )
+    }
+
+    /// Loads an SD 1.x single-file checkpoint in the original LDM layout (`.safetensors`: the UNet under
+    /// `model.diffusion_model.`, the VAE under `first_stage_model.`, the OpenAI CLIP text encoder under
+    /// `cond_stage_model.transformer.`). The tensor names are mapped to diffusers' ([`crate::ldm`]), the
+    /// configurations follow from the shapes, and what a checkpoint does not record (attention heads, the
+    /// scheduler, the VAE's scaling factor) comes from `config`. The tokenizer is the bundled OpenAI CLIP one
+    /// ([`ClipTokenizer::openai_clip`]). Runs exactly as the same weights in a diffusers folder.
+    pub fn load_checkpoint(
+        file: &Path,
+        config: &CheckpointConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EngineError> {
+        let _span = tracing::info_span!("sd_load", path = %file.display()).entered();
+        if !file.is_file() {
+            return Err(EngineError::InvalidModel(format!(
+                "{}: not a file",
+                file.display()
+            )));
+        }
+        let in_file = |e: EngineError| match e {
+            EngineError::InvalidModel(m) => {
+                EngineError::InvalidModel(format!("{}: {m}", file.display()))
+            }
+            other => other,
+        };
+        let mut text_files = SafetensorsFiles::open(&[file])?;
+        if !text_files
+            .names()
+            .any(|n| n.starts_with(crate::ldm::CLIP_PREFIX))
+            && text_files
+                .names()
+                .any(|n| n.starts_with("cond_stage_model.model."))
+        {
+            return Err(EngineError::InvalidModel(format!(
+                "{}: an SD 2.x checkpoint (OpenCLIP text encoder): single-file SD 2.x models are not \
+                 supported yet",
+                file.display()
+            )));
+        }
+        let clip_config = crate::ldm::clip_from_ldm(&mut text_files).map_err(in_file)?;
+        let text_encoder = ClipTextTransformer::from_files(clip_config, text_files, dtype, device)?;
+        let mut unet_files = SafetensorsFiles::open(&[file])?;
+        let unet_spec =
+            crate::ldm::unet_from_ldm(&mut unet_files, &config.attention_heads).map_err(in_file)?;
+        let unet = UNet2DConditionModel::new(
+            unet_files.into_var_builder(dtype, device),
+            unet_spec.in_channels,
+            unet_spec.out_channels,
+            false,
+            unet_spec.config.clone(),
+        )
+        .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
+        let vae = Vae::load_checkpoint(file, config.vae_scaling_factor, device, dtype)?;
+        let tokenizer = ClipTokenizer::openai_clip()?;
+        Self::assemble(
+            tokenizer,
+            text_encoder,
+            (unet, unet_spec),
+            vae,
+            config.scheduler.clone(),
+            device,
+            dtype,
+        )
+    }
+
+    fn assemble(
+        tokenizer: ClipTokenizer,
+        text_encoder: ClipTextTransformer,
+        (unet, unet_spec): (UNet2DConditionModel, UNetSpec),
+        vae: Vae,
+        scheduler_config: SchedulerConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EngineError> {
         if text_encoder.config().hidden_size != unet_spec.config.cross_attention_dim {
             return Err(EngineError::InvalidModel(format!(
                 "the text encoder's width {} does not match the UNet's cross_attention_dim {}",

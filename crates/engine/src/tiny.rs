@@ -258,8 +258,7 @@ const TEXT_LAYERS: usize = 2;
 const TEXT_INTERMEDIATE: usize = 64;
 const TEXT_POSITIONS: usize = 77;
 
-fn text_encoder_names(vocab_size: usize) -> TensorSpecs {
-    let h = TEXT_HIDDEN;
+fn text_encoder_names(vocab_size: usize, h: usize) -> TensorSpecs {
     let mut names = vec![
         (
             "text_model.embeddings.token_embedding.weight".to_string(),
@@ -294,6 +293,78 @@ fn text_encoder_names(vocab_size: usize) -> TensorSpecs {
 /// Writes a tiny random-weight SD model of `family` into `dir` (created if needed), deterministically from
 /// `seed`.
 pub fn write_tiny_sd(dir: &Path, family: Family, seed: u64) -> Result<(), EngineError> {
+    write_tiny(dir, family, seed, false)
+}
+
+/// Writes the diffusers twin of [`write_tiny_sd1_checkpoint`]'s checkpoint: a tiny SD 1.x model shaped like the
+/// real thing where a single-file checkpoint's loader and the model manager's probe look: the full OpenAI CLIP
+/// tokenizer (written from the bundled BPE data) and a 768-wide text encoder (12 heads), a UNet with
+/// 2 layers per block, 8 attention heads and cross-attention width 768.
+pub fn write_tiny_sd1_twin(dir: &Path, seed: u64) -> Result<(), EngineError> {
+    write_tiny(dir, Family::Sd1, seed, true)
+}
+
+/// Writes a tiny SD 1.x single-file checkpoint in the original LDM layout to `file`, with its diffusers twin
+/// ([`write_tiny_sd1_twin`]) in `twin_dir`: the same weights, so both generate the same images.
+pub fn write_tiny_sd1_checkpoint(
+    twin_dir: &Path,
+    file: &Path,
+    seed: u64,
+) -> Result<(), EngineError> {
+    write_tiny_sd1_twin(twin_dir, seed)?;
+    write_ldm_checkpoint(twin_dir, file)
+}
+
+/// Rewrites a diffusers SD 1.x folder (UNet, VAE, transformers CLIP text encoder) as one LDM-layout
+/// checkpoint (`model.diffusion_model.`, `first_stage_model.`, `cond_stage_model.transformer.text_model.`),
+/// the inverse of [`crate::ldm`]'s mappings.
+pub fn write_ldm_checkpoint(dir: &Path, file: &Path) -> Result<(), EngineError> {
+    let open = |sub: &str, stems: &[&str]| {
+        crate::weights::SafetensorsFiles::open(&crate::weights::component_files(
+            &dir.join(sub),
+            stems,
+        )?)
+    };
+    let mut tensors = ldm_vae_tensors(&dir.join("vae"), true)?;
+    let spec = unet_spec(&dir.join("unet").join("config.json"))?;
+    let up_attention: Vec<bool> = spec
+        .config
+        .blocks
+        .iter()
+        .rev()
+        .map(|b| b.use_cross_attn.is_some())
+        .collect();
+    let unet = open("unet", &["diffusion_pytorch_model", "model"])?;
+    let mut names: Vec<String> = unet.names().map(str::to_owned).collect();
+    names.sort();
+    for name in names {
+        let ldm = crate::ldm::unet_key_to_ldm(&name, spec.config.layers_per_block, &up_attention)
+            .ok_or_else(|| {
+            EngineError::InvalidArgument(format!("no LDM name for UNet tensor '{name}'"))
+        })?;
+        let tensor = unet.load(&name, DType::F32, &Device::Cpu)?;
+        tensors.push((
+            format!("{}{ldm}", crate::ldm::UNET_PREFIX),
+            tensor.dims().to_vec(),
+            tensor.flatten_all()?.to_vec1::<f32>()?,
+        ));
+    }
+    let text = open("text_encoder", &["model"])?;
+    let mut names: Vec<String> = text.names().map(str::to_owned).collect();
+    names.sort();
+    for name in names {
+        let tensor = text.load(&name, DType::F32, &Device::Cpu)?;
+        let bare = name.strip_prefix("text_model.").unwrap_or(&name);
+        tensors.push((
+            format!("{}text_model.{bare}", crate::ldm::CLIP_PREFIX),
+            tensor.dims().to_vec(),
+            tensor.flatten_all()?.to_vec1::<f32>()?,
+        ));
+    }
+    crate::weights::write_f32_safetensors(file, &tensors)
+}
+
+fn write_tiny(dir: &Path, family: Family, seed: u64, twin: bool) -> Result<(), EngineError> {
     let sd2 = family != Family::Sd1;
     for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
         mkdir(&dir.join(sub))?;
@@ -324,7 +395,17 @@ pub fn write_tiny_sd(dir: &Path, family: Family, seed: u64) -> Result<(), Engine
     )?;
 
     // Tokenizer.
-    let (vocab, merges) = tiny_vocab();
+    let (vocab, merges) = if twin {
+        let (tokens, merges) = crate::tokenizer::openai_clip_bpe()?;
+        let vocab = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect();
+        (vocab, merges)
+    } else {
+        tiny_vocab()
+    };
     let tok = dir.join("tokenizer");
     let vocab_json: serde_json::Map<String, Value> =
         vocab.iter().map(|(k, &v)| (k.clone(), json!(v))).collect();
@@ -364,6 +445,7 @@ pub fn write_tiny_sd(dir: &Path, family: Family, seed: u64) -> Result<(), Engine
     )?;
 
     // Text encoder.
+    let text_hidden = if twin { 768 } else { TEXT_HIDDEN };
     let vocab_size = vocab.len();
     let id = |t: &str| vocab.get(t).copied().unwrap_or(0);
     let te = dir.join("text_encoder");
@@ -376,31 +458,37 @@ pub fn write_tiny_sd(dir: &Path, family: Family, seed: u64) -> Result<(), Engine
             "dropout": 0.0,
             "eos_token_id": id("<|endoftext|>"),
             "hidden_act": if sd2 { "gelu" } else { "quick_gelu" },
-            "hidden_size": TEXT_HIDDEN,
+            "hidden_size": text_hidden,
             "initializer_factor": 1.0,
             "initializer_range": 0.02,
             "intermediate_size": TEXT_INTERMEDIATE,
             "layer_norm_eps": 1e-05,
             "max_position_embeddings": TEXT_POSITIONS,
             "model_type": "clip_text_model",
-            "num_attention_heads": 2,
+            "num_attention_heads": if twin { text_hidden / 64 } else { 2 },
             "num_hidden_layers": TEXT_LAYERS,
             "pad_token_id": id(pad),
-            "projection_dim": TEXT_HIDDEN,
+            "projection_dim": text_hidden,
             "torch_dtype": "float32",
             "vocab_size": vocab_size,
         }),
     )?;
     write_random(
         &te.join("model.safetensors"),
-        &text_encoder_names(vocab_size),
+        &text_encoder_names(vocab_size, text_hidden),
         seed.wrapping_add(1),
     )?;
 
     // UNet: the tensor names and shapes are those candle's model asks for.
     let unet_dir = dir.join("unet");
     let unet_config_path = unet_dir.join("config.json");
-    write_json(&unet_config_path, &unet_config(family))?;
+    let mut config = unet_config(family);
+    if twin {
+        config["layers_per_block"] = json!(2);
+        config["attention_head_dim"] = json!(8);
+        config["cross_attention_dim"] = json!(text_hidden);
+    }
+    write_json(&unet_config_path, &config)?;
     let spec = unet_spec(&unet_config_path)?;
     let recorder = Recorder::default();
     UNet2DConditionModel::new(
@@ -486,6 +574,13 @@ pub fn write_ldm_vae(
     file: &Path,
     full_checkpoint: bool,
 ) -> Result<(), EngineError> {
+    crate::weights::write_f32_safetensors(file, &ldm_vae_tensors(vae_dir, full_checkpoint)?)
+}
+
+/// A named f32 tensor: name, shape, values.
+type NamedValues = (String, Vec<usize>, Vec<f32>);
+
+fn ldm_vae_tensors(vae_dir: &Path, full_checkpoint: bool) -> Result<Vec<NamedValues>, EngineError> {
     let spec = vae_spec(&vae_dir.join("config.json"))?;
     let up_blocks = spec.config.block_out_channels.len();
     let files = crate::weights::SafetensorsFiles::open(&crate::weights::component_files(
@@ -515,7 +610,7 @@ pub fn write_ldm_vae(
             tensor.flatten_all()?.to_vec1::<f32>()?,
         ));
     }
-    crate::weights::write_f32_safetensors(file, &tensors)
+    Ok(tensors)
 }
 
 /// The tiny tokenizer's vocabulary (for tests).

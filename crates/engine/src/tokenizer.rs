@@ -69,6 +69,48 @@ pub fn byte_symbols() -> Vec<char> {
     order.into_iter().map(|b| table[b as usize]).collect()
 }
 
+/// One BPE merge: the two symbols it joins.
+pub type Merge = (String, String);
+
+/// OpenAI CLIP's BPE data (`bpe_simple_vocab_16e6.txt.gz`, MIT licence; see `data/NOTICE.md`): a header line,
+/// then merges in rank order.
+const OPENAI_CLIP_BPE_GZ: &[u8] = include_bytes!("../data/bpe_simple_vocab_16e6.txt.gz");
+
+/// How many of the file's merges CLIP's vocabulary uses (49,408 tokens = 256 bytes + 256 bytes with `</w>` +
+/// these merges + the two specials).
+const OPENAI_CLIP_MERGES: usize = 49152 - 256 - 2;
+
+/// The standard OpenAI CLIP vocabulary (tokens in id order) and merges (in rank order), built from the bundled
+/// BPE data as CLIP's own `SimpleTokenizer` builds them: the byte symbols, the same with `</w>`, the
+/// concatenation of each of the first 48,894 merges, then `<|startoftext|>` and `<|endoftext|>`. Single-file
+/// SD 1.x checkpoints ship no tokenizer; this is theirs.
+pub fn openai_clip_bpe() -> Result<(Vec<String>, Vec<Merge>), EngineError> {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(OPENAI_CLIP_BPE_GZ)
+        .read_to_string(&mut text)
+        .map_err(|e| EngineError::InvalidModel(format!("bundled CLIP BPE data: {e}")))?;
+    let mut merges = Vec::with_capacity(OPENAI_CLIP_MERGES);
+    for line in text.lines().skip(1).take(OPENAI_CLIP_MERGES) {
+        let (a, b) = line.split_once(' ').ok_or_else(|| {
+            EngineError::InvalidModel(format!("bundled CLIP BPE data: bad line '{line}'"))
+        })?;
+        merges.push((a.to_string(), b.to_string()));
+    }
+    if merges.len() != OPENAI_CLIP_MERGES {
+        return Err(EngineError::InvalidModel(
+            "bundled CLIP BPE data: too few merges".into(),
+        ));
+    }
+    let symbols = byte_symbols();
+    let mut vocab: Vec<String> = symbols.iter().map(char::to_string).collect();
+    vocab.extend(symbols.iter().map(|c| format!("{c}</w>")));
+    vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    vocab.push(BOS_DEFAULT.into());
+    vocab.push(EOS_DEFAULT.into());
+    Ok((vocab, merges))
+}
+
 fn token_from_config(value: Option<&serde_json::Value>) -> Option<String> {
     match value? {
         serde_json::Value::String(s) => Some(s.clone()),
@@ -157,6 +199,25 @@ impl ClipTokenizer {
         let vocab: HashMap<String, u32> = serde_json::from_str(&vocab)
             .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", vocab_path.display())))?;
         Self::new(vocab, &merges, SpecialTokens::from_dir(dir)?)
+    }
+
+    /// The standard OpenAI CLIP tokenizer of SD 1.x ([`openai_clip_bpe`], padding with `<|endoftext|>`), for
+    /// models that ship no tokenizer files.
+    pub fn openai_clip() -> Result<Self, EngineError> {
+        let (tokens, merges) = openai_clip_bpe()?;
+        let vocab = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect();
+        let mut text = String::from("#version: 0.2\n");
+        for (a, b) in &merges {
+            text.push_str(a);
+            text.push(' ');
+            text.push_str(b);
+            text.push('\n');
+        }
+        Self::new(vocab, &text, SpecialTokens::openai_clip())
     }
 
     /// Builds a tokenizer from a vocabulary, the text of a merges file and the special tokens.
@@ -458,5 +519,41 @@ mod tests {
         assert_eq!(w.len(), 2);
         assert_eq!(w[0][12], t.eos_id());
         assert!(w.iter().all(|x| x.len() == 77));
+    }
+}
+
+#[cfg(test)]
+mod openai_clip_tests {
+    use super::*;
+
+    /// The bundled BPE data gives transformers' `CLIPTokenizer` ids (fixture made by
+    /// `tools/reference/make_clip_tokenizer_fixture.py` from the same file).
+    #[test]
+    fn bundled_tokenizer_matches_transformers() {
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/clip_tokenizer.json"))
+                .expect("fixture");
+        let tok = ClipTokenizer::openai_clip().expect("bundled tokenizer");
+        assert_eq!(
+            tok.vocab_size() as u64,
+            fixture["vocab_size"].as_u64().unwrap()
+        );
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id(), tok.pad_id()),
+            (49406, 49407, 49407)
+        );
+        for case in fixture["cases"].as_array().unwrap() {
+            let prompt = case["prompt"].as_str().unwrap();
+            let expected: Vec<u32> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let mut ids = vec![tok.bos_id()];
+            ids.extend(tok.encode(prompt));
+            ids.push(tok.eos_id());
+            assert_eq!(ids, expected, "{prompt:?}");
+        }
     }
 }

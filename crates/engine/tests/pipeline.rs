@@ -5,8 +5,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use atelier_engine::candle::{DType, Device};
-use atelier_engine::pipeline::{latents_to_vec, CfgScale, DenoiseRequest, Sd, StepProgress, Vae};
-use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, Family};
+use atelier_engine::pipeline::{
+    latents_to_vec, CfgScale, CheckpointConfig, DenoiseRequest, NoProgress, Sd, StepProgress, Vae,
+};
+use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, write_tiny_sd1_checkpoint, Family};
 use atelier_engine::weights::{write_f32_safetensors, SafetensorsFiles};
 use atelier_engine::EngineError;
 
@@ -299,4 +301,129 @@ fn an_ldm_vae_checkpoint_decodes_like_its_diffusers_twin() {
         err.to_string().contains("not an LDM VAE checkpoint"),
         "{err}"
     );
+}
+
+#[test]
+fn an_sd1_ldm_checkpoint_runs_like_its_diffusers_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin_dir = dir.path().join("twin");
+    let file = dir.path().join("tiny-sd1.safetensors");
+    write_tiny_sd1_checkpoint(&twin_dir, &file, 31).unwrap();
+    let files = SafetensorsFiles::open(&[&file]).unwrap();
+    // Where the model manager's probe looks: an SD 1.x UNet (cross-attention width 768, 4 input channels).
+    assert_eq!(
+        files
+            .shape("model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"),
+        Some(&[32usize, 768][..])
+    );
+    assert_eq!(
+        files.shape("model.diffusion_model.input_blocks.1.1.proj_in.weight"),
+        Some(&[32usize, 32, 1, 1][..])
+    );
+    assert!(files.contains("model.diffusion_model.input_blocks.3.0.op.weight"));
+    assert!(files.contains("model.diffusion_model.output_blocks.2.1.conv.weight"));
+    assert!(!files.contains("model.diffusion_model.output_blocks.5.2.conv.weight"));
+    assert!(files.contains("model.diffusion_model.middle_block.1.proj_out.weight"));
+    assert!(files.contains("model.diffusion_model.time_embed.2.bias"));
+    assert!(files.contains("first_stage_model.decoder.up.3.upsample.conv.weight"));
+    assert!(
+        files.contains("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight")
+    );
+    drop(files);
+
+    let twin = Sd::load(&twin_dir, &Device::Cpu, DType::F32).unwrap();
+    let sd =
+        Sd::load_checkpoint(&file, &CheckpointConfig::sd1(), &Device::Cpu, DType::F32).unwrap();
+    // The bundled tokenizer is the twin's (written from the same data).
+    for prompt in [
+        "a photo of an astronaut riding a horse",
+        "Painting, (red:1.2) cat!",
+    ] {
+        assert_eq!(
+            sd.tokenizer().windows(prompt),
+            twin.tokenizer().windows(prompt)
+        );
+    }
+    assert_eq!(sd.tokenizer().vocab_size(), 49408);
+    let (a, b) = (sd.text_encoder().config(), twin.text_encoder().config());
+    assert_eq!(
+        (
+            a.vocab_size,
+            a.hidden_size,
+            a.intermediate_size,
+            a.num_hidden_layers
+        ),
+        (
+            b.vocab_size,
+            b.hidden_size,
+            b.intermediate_size,
+            b.num_hidden_layers
+        )
+    );
+    assert_eq!(
+        (
+            a.num_attention_heads,
+            a.max_position_embeddings,
+            a.hidden_act
+        ),
+        (
+            b.num_attention_heads,
+            b.max_position_embeddings,
+            b.hidden_act
+        )
+    );
+    assert_eq!(sd.conditioning_dim(), twin.conditioning_dim());
+    // CLIP.
+    let c = sd.encode_prompt("a photo of a cat", 0).unwrap();
+    let c_twin = twin.encode_prompt("a photo of a cat", 0).unwrap();
+    assert_eq!(
+        latents_to_vec(&c).unwrap(),
+        latents_to_vec(&c_twin).unwrap()
+    );
+    assert_eq!(
+        latents_to_vec(&sd.encode_prompt("a photo of a cat", 1).unwrap()).unwrap(),
+        latents_to_vec(&twin.encode_prompt("a photo of a cat", 1).unwrap()).unwrap()
+    );
+    // UNet.
+    let x = Sd::noise(3, 64, 64).unwrap();
+    for t in [999.0, 501.0, 1.0] {
+        assert_eq!(
+            latents_to_vec(&sd.unet_forward(&x, t, &c).unwrap()).unwrap(),
+            latents_to_vec(&twin.unet_forward(&x, t, &c).unwrap()).unwrap(),
+            "t = {t}"
+        );
+    }
+    // A whole generation, decoded.
+    let cancel = AtomicBool::new(false);
+    let latents = sd
+        .denoise(&request(&sd, "euler"), &mut NoProgress, &cancel)
+        .unwrap();
+    let latents_twin = twin
+        .denoise(&request(&twin, "euler"), &mut NoProgress, &cancel)
+        .unwrap();
+    assert_eq!(
+        latents_to_vec(&latents).unwrap(),
+        latents_to_vec(&latents_twin).unwrap()
+    );
+    assert_eq!(
+        sd.decode(&latents).unwrap().as_raw(),
+        twin.decode(&latents_twin).unwrap().as_raw()
+    );
+    assert_eq!(
+        sd.scheduler_config().prediction_type,
+        twin.scheduler_config().prediction_type
+    );
+
+    // A diffusers weights file is not a checkpoint: a clear error, not a panic.
+    let err = Sd::load_checkpoint(
+        &twin_dir
+            .join("unet")
+            .join("diffusion_pytorch_model.safetensors"),
+        &CheckpointConfig::sd1(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("checkpoint"), "{err}");
 }

@@ -5,7 +5,7 @@
 use crate::common::socket::SocketClient;
 use crate::common::*;
 use crate::models::install;
-use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, Family};
+use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, write_tiny_sd1_checkpoint, Family};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -434,4 +434,64 @@ async fn a_separate_vae_model_decodes_and_encodes() {
     let r = s.post("/api/v1/generate", user, &body(Some(&wrong))).await;
     assert_eq!(r.status, 422, "{}", r.text);
     assert!(r.text.contains("is not a VAE for sd-1"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_single_file_sd1_checkpoint_generates_like_its_diffusers_twin() {
+    let s = TestServer::single_user().await;
+    let incoming = s.root.path().join("incoming");
+    let twin_dir = incoming.join("tiny-sd1-twin");
+    let file = incoming.join("tiny-sd1-ldm.safetensors");
+    write_tiny_sd1_checkpoint(&twin_dir, &file, 11).expect("tiny checkpoint");
+    // The model manager identifies the single file from its tensors.
+    let job = install(&s, None, file.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let config = &job["config_out"];
+    assert_eq!(
+        (
+            config["type"].clone(),
+            config["format"].clone(),
+            config["base"].clone(),
+            config["variant"].clone(),
+            config["prediction_type"].clone()
+        ),
+        (
+            json!("main"),
+            json!("checkpoint"),
+            json!("sd-1"),
+            json!("normal"),
+            json!("epsilon")
+        ),
+        "{config}"
+    );
+    let checkpoint_key = config["key"].as_str().unwrap().to_owned();
+    let job = install(&s, None, twin_dir.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["config_out"]["format"], "diffusers");
+    let twin_key = job["config_out"]["key"].as_str().unwrap().to_owned();
+
+    let mut pixels = Vec::new();
+    for key in [&checkpoint_key, &twin_key] {
+        let r = s
+            .post(
+                "/api/v1/generate",
+                None,
+                &json!({"prompt": "a photo of an astronaut riding a horse",
+                    "negative_prompt": "blurry", "model": key,
+                    "width": 64, "height": 64, "steps": 3, "scheduler": "euler", "seed": 5,
+                    "wait": true, "timeout_s": 120}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["status"], "completed", "{}", r.text);
+        let name = r.body["images"][0]["image_name"].as_str().unwrap();
+        let meta = s
+            .get(&format!("/api/v1/images/i/{name}/metadata"), None)
+            .await;
+        assert_eq!(meta.body["model"]["key"], json!(key));
+        pixels.push(image_pixels(&s, None, name).await);
+    }
+    let first = pixels[0].get_pixel(0, 0);
+    assert!(pixels[0].pixels().any(|p| p != first), "a uniform image");
+    assert_eq!(pixels[0].as_raw(), pixels[1].as_raw());
 }

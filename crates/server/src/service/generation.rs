@@ -2,14 +2,15 @@
 //! items within a memory budget), encoding prompts, denoising, VAE decode and encode through
 //! the engine. Values pass between nodes through the [`TensorStore`] by name.
 //!
-//! Supported today: SD 1.x / 2.x main models in diffusers folders, and separate SD 1.x/2.x/XL VAE
-//! models (diffusers folders or single-file LDM checkpoints), on the CPU in f32. SDXL, single-file
-//! main checkpoints and LoRAs are refused with a clear error (issue 5 tracks them).
+//! Supported today: SD 1.x / 2.x main models in diffusers folders, SD 1.x main models as
+//! single-file LDM checkpoints, and separate SD 1.x/2.x/XL VAE models (diffusers folders or
+//! single-file LDM checkpoints), on the CPU in f32. SDXL, single-file SD 2.x checkpoints and LoRAs
+//! are refused with a clear error (issue 5 tracks them).
 
 use crate::service::tensors::{Latents, Stored, TensorStore};
 use atelier_engine::candle::{DType, Device, Tensor};
 use atelier_engine::pipeline::{
-    latents_from_vec, latents_to_vec, CfgScale, DenoiseRequest, Sd, Vae,
+    latents_from_vec, latents_to_vec, CfgScale, CheckpointConfig, DenoiseRequest, Sd, Vae,
 };
 use atelier_graph::NodeError;
 use serde_json::Value;
@@ -168,15 +169,25 @@ fn model(
     if !["sd-1", "sd-2"].contains(&base) {
         return Err(unsupported(&format!("base {base}")));
     }
-    if record["format"] != "diffusers" {
-        return Err(unsupported("a single-file checkpoint"));
-    }
+    let checkpoint = match record["format"].as_str().unwrap_or_default() {
+        "diffusers" => false,
+        // Single files in the original LDM layout: SD 1.x only (SD 2.x's OpenCLIP text encoder
+        // needs a conversion the engine does not do yet).
+        "checkpoint" if base == "sd-1" => true,
+        "checkpoint" => return Err(unsupported(&format!("a single-file {base} checkpoint"))),
+        other => return Err(unsupported(&format!("a main model in {other} format"))),
+    };
     let path: PathBuf = crate::service::models::resolve(
         host.models_dir(),
         record["path"].as_str().unwrap_or_default(),
     );
     host.model_load(false, &record, Some(submodel));
-    let loaded = Sd::load(&path, &Device::Cpu, DType::F32).map_err(engine_error)?;
+    let loaded = if checkpoint {
+        Sd::load_checkpoint(&path, &CheckpointConfig::sd1(), &Device::Cpu, DType::F32)
+    } else {
+        Sd::load(&path, &Device::Cpu, DType::F32)
+    }
+    .map_err(engine_error)?;
     host.model_load(true, &record, Some(submodel));
     let model = Arc::new(loaded);
     let size = record["file_size"].as_u64().unwrap_or(0);
