@@ -2,14 +2,19 @@
 //!
 //! Creates `<dir>/sd1`, `<dir>/sd2` and `<dir>/sd2v` (diffusers layout), the models the parity fixtures of
 //! `tools/reference/make_pipeline_fixtures.py` are computed on, and `<dir>/sd1-vae-ldm.safetensors`: sd1's VAE
-//! as a single-file checkpoint in the original LDM layout (`tools/reference/check_ldm_vae.py`).
+//! as a single-file checkpoint in the original LDM layout (`tools/reference/check_ldm_vae.py`), and
+//! `<dir>/sd1-lora.safetensors` / `<dir>/sd2-lora.safetensors`: rank-4 kohya-named LoRAs over sd1's and sd2's
+//! attention projections and a conv (`tools/reference/make_lora_fixtures.py`).
 
 use std::path::PathBuf;
 
-use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, Family};
+use atelier_engine::tiny::{write_ldm_vae, write_tiny_lora, write_tiny_sd, Family, LoraNaming};
 
 /// The seed the committed fixtures were made with.
 const DEFAULT_SEED: u64 = 1234;
+
+/// The rank of the tiny LoRAs.
+const LORA_RANK: usize = 4;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -30,5 +35,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &dir.join("sd1-vae-ldm.safetensors"),
         false,
     )?;
+    for name in ["sd1", "sd2"] {
+        write_tiny_lora(
+            &dir.join(name),
+            &dir.join(format!("{name}-lora.safetensors")),
+            LoraNaming::Kohya,
+            LORA_RANK,
+            seed + 1,
+        )?;
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@
 //!   the VAE on its own (a model's `vae/` folder, a separate VAE folder or an LDM checkpoint).
 //! - [`ldm`]: single-file (original LDM layout) checkpoints: the tensor names and configurations of the VAE,
 //!   the UNet and the SD 1.x CLIP text encoder.
+//! - [`lora`]: LoRA files (kohya and diffusers/PEFT names) merged into the UNet and text encoder at load.
 //! - [`tiny`]: random-weight tiny models in diffusers layout, for tests and benchmarks.
 //!
 //! The crate never downloads anything and never prints; it reads model files when asked to load them. Errors
@@ -19,6 +20,7 @@ pub mod clip;
 pub mod config;
 mod error;
 pub mod ldm;
+pub mod lora;
 pub mod noise;
 pub mod pipeline;
 pub mod prompt;

@@ -14,6 +14,7 @@ use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
 use crate::clip::ClipTextTransformer;
 use crate::config::{scheduler_config, unet_spec, vae_spec, UNetSpec, VaeSpec};
+use crate::lora::{apply_loras, Lora, LoraSelection, LoraTarget};
 use crate::noise::{stochastic_seed, TorchGenerator};
 use crate::schedulers::{by_name, slice_timesteps, PredictionType, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
@@ -139,12 +140,23 @@ pub fn load_unet(
     dtype: DType,
     device: &Device,
 ) -> Result<(UNet2DConditionModel, UNetSpec), EngineError> {
+    load_unet_with_loras(dir, dtype, device, &[])
+}
+
+/// Loads a diffusers UNet folder with LoRAs merged into its weights ([`crate::lora`]).
+pub fn load_unet_with_loras(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    loras: &[(&Lora, f32)],
+) -> Result<(UNet2DConditionModel, UNetSpec), EngineError> {
     check_dir(dir)?;
     let spec = unet_spec(&dir.join("config.json"))?;
-    let files = SafetensorsFiles::open(&component_files(
+    let mut files = SafetensorsFiles::open(&component_files(
         dir,
         &["diffusion_pytorch_model", "model"],
     )?)?;
+    apply_loras(&mut files, LoraTarget::Unet, loras)?;
     let vb = files.into_var_builder(dtype, device);
     let unet = UNet2DConditionModel::new(
         vb,
@@ -431,11 +443,25 @@ fn std_chw(t: &Tensor) -> Result<f64, EngineError> {
 impl Sd {
     /// Loads a diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, EngineError> {
+        Self::load_with_loras(dir, device, dtype, LoraSelection::NONE)
+    }
+
+    /// [`Sd::load`] with LoRAs merged into the UNet's and the text encoder's weights ([`crate::lora`]).
+    pub fn load_with_loras(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        loras: LoraSelection<'_>,
+    ) -> Result<Self, EngineError> {
         check_dir(dir)?;
         let _span = tracing::info_span!("sd_load", path = %dir.display()).entered();
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let text_encoder = ClipTextTransformer::load(&dir.join("text_encoder"), dtype, device)?;
-        let (unet, unet_spec) = load_unet(&dir.join("unet"), dtype, device)?;
+        let text_dir = dir.join("text_encoder");
+        let text_config = crate::clip::ClipTextConfig::from_file(&text_dir.join("config.json"))?;
+        let mut text_files = SafetensorsFiles::open(&component_files(&text_dir, &["model"])?)?;
+        apply_loras(&mut text_files, LoraTarget::TextEncoder, loras.text_encoder)?;
+        let text_encoder = ClipTextTransformer::from_files(text_config, text_files, dtype, device)?;
+        let (unet, unet_spec) = load_unet_with_loras(&dir.join("unet"), dtype, device, loras.unet)?;
         let vae = Vae::load(&dir.join("vae"), device, dtype)?;
         let scheduler_config =
             scheduler_config(&dir.join("scheduler").join("scheduler_config.json"))?;
@@ -461,6 +487,17 @@ impl Sd {
         config: &CheckpointConfig,
         device: &Device,
         dtype: DType,
+    ) -> Result<Self, EngineError> {
+        Self::load_checkpoint_with_loras(file, config, device, dtype, LoraSelection::NONE)
+    }
+
+    /// [`Sd::load_checkpoint`] with LoRAs merged into the UNet's and the text encoder's weights.
+    pub fn load_checkpoint_with_loras(
+        file: &Path,
+        config: &CheckpointConfig,
+        device: &Device,
+        dtype: DType,
+        loras: LoraSelection<'_>,
     ) -> Result<Self, EngineError> {
         let _span = tracing::info_span!("sd_load", path = %file.display()).entered();
         if !file.is_file() {
@@ -490,10 +527,12 @@ impl Sd {
             )));
         }
         let clip_config = crate::ldm::clip_from_ldm(&mut text_files).map_err(in_file)?;
+        apply_loras(&mut text_files, LoraTarget::TextEncoder, loras.text_encoder)?;
         let text_encoder = ClipTextTransformer::from_files(clip_config, text_files, dtype, device)?;
         let mut unet_files = SafetensorsFiles::open(&[file])?;
         let unet_spec =
             crate::ldm::unet_from_ldm(&mut unet_files, &config.attention_heads).map_err(in_file)?;
+        apply_loras(&mut unet_files, LoraTarget::Unet, loras.unet)?;
         let unet = UNet2DConditionModel::new(
             unet_files.into_var_builder(dtype, device),
             unet_spec.in_channels,

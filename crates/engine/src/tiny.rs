@@ -617,3 +617,118 @@ fn ldm_vae_tensors(vae_dir: &Path, full_checkpoint: bool) -> Result<Vec<NamedVal
 pub fn tiny_vocabulary() -> HashMap<String, u32> {
     tiny_vocab().0.into_iter().collect()
 }
+
+/// How [`write_tiny_lora`] names its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoraNaming {
+    /// kohya: `lora_unet_<module_with_underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha`,
+    /// `lora_te_text_model_encoder_...` for the text encoder.
+    Kohya,
+    /// diffusers/PEFT: `unet.<module>.lora_A.weight` / `.lora_B.weight` / `.alpha`,
+    /// `text_encoder.text_model.encoder...`.
+    Peft,
+}
+
+/// The modules [`write_tiny_lora`] patches in a tiny model: every attention projection of the UNet, its first
+/// resnet's 3x3 `conv1`, and the text encoder's `q_proj`, `v_proj` and `out_proj`. Returns
+/// `(is_text_encoder, module, weight shape)`; the text encoder's modules carry no `text_model.` prefix.
+pub fn tiny_lora_targets(model_dir: &Path) -> Result<Vec<(bool, String, Vec<usize>)>, EngineError> {
+    use crate::weights::{component_files, SafetensorsFiles};
+    let mut targets = Vec::new();
+    let unet = SafetensorsFiles::open(&component_files(
+        &model_dir.join("unet"),
+        &["diffusion_pytorch_model", "model"],
+    )?)?;
+    let text = SafetensorsFiles::open(&component_files(
+        &model_dir.join("text_encoder"),
+        &["model"],
+    )?)?;
+    for (is_text, files) in [(false, &unet), (true, &text)] {
+        let mut names: Vec<&str> = files.names().collect();
+        names.sort_unstable();
+        for name in names {
+            let Some(module) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            let wanted = if is_text {
+                ["q_proj", "v_proj", "out_proj"]
+                    .iter()
+                    .any(|p| module.ends_with(&format!("self_attn.{p}")))
+            } else {
+                [".to_q", ".to_k", ".to_v", ".to_out.0"]
+                    .iter()
+                    .any(|p| module.ends_with(p))
+                    || module == "down_blocks.0.resnets.0.conv1"
+            };
+            if wanted {
+                let module = module.strip_prefix("text_model.").unwrap_or(module);
+                let shape = files.shape(name).map(<[usize]>::to_vec).unwrap_or_default();
+                targets.push((is_text, module.to_string(), shape));
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// Writes a random rank-`rank` LoRA (alpha = rank / 2, so a scale of 0.5) over [`tiny_lora_targets`] of the
+/// tiny model in `model_dir` to `path`. The same `seed` gives the same factors in either naming.
+pub fn write_tiny_lora(
+    model_dir: &Path,
+    path: &Path,
+    naming: LoraNaming,
+    rank: usize,
+    seed: u64,
+) -> Result<(), EngineError> {
+    let mut generator = TorchGenerator::new(seed);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (is_text, module, shape) in tiny_lora_targets(model_dir)? {
+        let out = shape[0];
+        let down_shape: Vec<usize> = std::iter::once(rank)
+            .chain(shape[1..].iter().copied())
+            .collect();
+        let up_shape: Vec<usize> = if shape.len() == 4 {
+            vec![out, rank, 1, 1]
+        } else {
+            vec![out, rank]
+        };
+        let fan_in: usize = shape[1..].iter().product();
+        let mut draw = |shape: &[usize], scale: f32| {
+            let n: usize = shape.iter().product();
+            let mut v = generator.randn(n.max(16));
+            v.truncate(n);
+            v.iter().map(|x| x * scale).collect::<Vec<f32>>()
+        };
+        let down = draw(&down_shape, 1.0 / (fan_in as f32).sqrt());
+        let up = draw(&up_shape, 0.5 / (rank as f32).sqrt());
+        let (down_name, up_name, alpha_name) = match (naming, is_text) {
+            (LoraNaming::Kohya, _) => {
+                let stem = if is_text {
+                    format!("lora_te_text_model_{}", module.replace('.', "_"))
+                } else {
+                    format!("lora_unet_{}", module.replace('.', "_"))
+                };
+                (
+                    format!("{stem}.lora_down.weight"),
+                    format!("{stem}.lora_up.weight"),
+                    format!("{stem}.alpha"),
+                )
+            }
+            (LoraNaming::Peft, _) => {
+                let stem = if is_text {
+                    format!("text_encoder.text_model.{module}")
+                } else {
+                    format!("unet.{module}")
+                };
+                (
+                    format!("{stem}.lora_A.weight"),
+                    format!("{stem}.lora_B.weight"),
+                    format!("{stem}.alpha"),
+                )
+            }
+        };
+        tensors.push((down_name, down_shape, down));
+        tensors.push((up_name, up_shape, up));
+        tensors.push((alpha_name, vec![], vec![rank as f32 / 2.0]));
+    }
+    crate::weights::write_f32_safetensors(path, &tensors)
+}

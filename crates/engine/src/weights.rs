@@ -36,6 +36,8 @@ pub struct SafetensorsFiles {
     files: Vec<(PathBuf, File)>,
     tensors: HashMap<String, TensorInfo>,
     overrides: HashMap<String, Tensor>,
+    /// f32 deltas added to tensors as they are read (merged LoRAs, [`crate::lora`]).
+    deltas: HashMap<String, Tensor>,
 }
 
 fn invalid(path: &Path, what: impl std::fmt::Display) -> EngineError {
@@ -105,6 +107,7 @@ impl SafetensorsFiles {
             files,
             tensors,
             overrides: HashMap::new(),
+            deltas: HashMap::new(),
         })
     }
 
@@ -149,8 +152,40 @@ impl SafetensorsFiles {
         self.overrides.insert(name.to_string(), tensor);
     }
 
-    /// Reads one tensor, converted to `dtype` and moved to `device`.
+    /// Adds `delta` (f32, the tensor's shape) to `name` whenever it is read: the sum is computed in f32, then
+    /// converted to the requested dtype. A second delta for the same name is added to the first.
+    pub fn add_delta(&mut self, name: &str, delta: Tensor) -> Result<(), EngineError> {
+        let delta = match self.deltas.remove(name) {
+            Some(previous) => (&previous + &delta)?,
+            None => delta,
+        };
+        self.deltas.insert(name.to_string(), delta);
+        Ok(())
+    }
+
+    /// Reads one tensor, converted to `dtype` and moved to `device` (with its delta added, if it has one).
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor, EngineError> {
+        if let Some(delta) = self.deltas.get(name) {
+            let base = self.load_unpatched(name, DType::F32, &Device::Cpu)?;
+            let delta = delta.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            if base.dims() != delta.dims() {
+                return Err(EngineError::InvalidModel(format!(
+                    "tensor '{name}' has shape {:?}, its LoRA delta {:?}",
+                    base.dims(),
+                    delta.dims()
+                )));
+            }
+            return Ok((base + delta)?.to_dtype(dtype)?.to_device(device)?);
+        }
+        self.load_unpatched(name, dtype, device)
+    }
+
+    fn load_unpatched(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor, EngineError> {
         if let Some(t) = self.overrides.get(name) {
             return Ok(t.to_dtype(dtype)?.to_device(device)?);
         }

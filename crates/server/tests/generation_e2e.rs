@@ -4,8 +4,11 @@
 
 use crate::common::socket::SocketClient;
 use crate::common::*;
-use crate::models::install;
-use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, write_tiny_sd1_checkpoint, Family};
+use crate::models::{install, kohya_lora};
+use atelier_engine::tiny::{
+    write_ldm_vae, write_tiny_lora, write_tiny_sd, write_tiny_sd1_checkpoint, write_tiny_sd1_twin,
+    Family, LoraNaming,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -494,4 +497,136 @@ async fn a_single_file_sd1_checkpoint_generates_like_its_diffusers_twin() {
     let first = pixels[0].get_pixel(0, 0);
     assert!(pixels[0].pixels().any(|p| p != first), "a uniform image");
     assert_eq!(pixels[0].as_raw(), pixels[1].as_raw());
+}
+
+#[tokio::test]
+async fn a_lora_changes_the_image_and_weight_zero_does_not() {
+    let s = TestServer::single_user().await;
+    let incoming = s.root.path().join("incoming");
+    // The twin's 768-wide cross-attention lets the model manager identify its LoRA as sd-1.
+    let model_dir = incoming.join("tiny-sd1-lora-base");
+    write_tiny_sd1_twin(&model_dir, 11).expect("tiny model");
+    let job = install(&s, None, model_dir.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let main = job["config_out"].clone();
+    let lora_path = incoming.join("tiny-lora.safetensors");
+    write_tiny_lora(&model_dir, &lora_path, LoraNaming::Kohya, 4, 3).expect("tiny lora");
+    let job = install(&s, None, lora_path.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let lora = job["config_out"].clone();
+    assert_eq!(
+        (lora["type"].clone(), lora["base"].clone()),
+        (json!("lora"), json!("sd-1")),
+        "{lora}"
+    );
+    let (key, lora_key) = (main["key"].clone(), lora["key"].clone());
+
+    let body = |weight: Option<f64>| {
+        let mut b = json!({"prompt": "a photo of a cat", "negative_prompt": "blurry",
+            "model": key, "width": 64, "height": 64, "steps": 2, "scheduler": "euler",
+            "seed": 5, "wait": true, "timeout_s": 120});
+        if let Some(w) = weight {
+            b["loras"] = json!([{"model": lora_key, "weight": w}]);
+        }
+        b
+    };
+    let mut pixels = Vec::new();
+    for weight in [None, Some(0.8), Some(0.0), Some(0.8)] {
+        let r = s.post("/api/v1/generate", None, &body(weight)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["status"], "completed", "{}", r.text);
+        let name = r.body["images"][0]["image_name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if let Some(w) = weight {
+            let meta = s
+                .get(&format!("/api/v1/images/i/{name}/metadata"), None)
+                .await;
+            assert_eq!(
+                meta.body["loras"][0]["model"]["key"], lora_key,
+                "{}",
+                meta.text
+            );
+            assert_eq!(meta.body["loras"][0]["weight"], json!(w));
+        }
+        pixels.push(image_pixels(&s, None, &name).await);
+    }
+    assert_ne!(
+        pixels[0].as_raw(),
+        pixels[1].as_raw(),
+        "the LoRA changed nothing"
+    );
+    assert_eq!(
+        pixels[0].as_raw(),
+        pixels[2].as_raw(),
+        "weight 0 changed the image"
+    );
+    assert_eq!(
+        pixels[1].as_raw(),
+        pixels[3].as_raw(),
+        "the LoRA is not deterministic"
+    );
+
+    // The UI's graph (Appendix A) with a `lora_loader` between the loaders and their users.
+    let mut graph: Value =
+        serde_json::from_str::<Value>(include_str!("../../graph/tests/appendix_a.json")).unwrap()
+            ["batch"]["graph"]
+            .clone();
+    let identifier = |m: &Value| {
+        json!({"key": m["key"], "hash": m["hash"], "name": m["name"], "base": m["base"],
+            "type": m["type"]})
+    };
+    let nodes = graph["nodes"].as_object_mut().unwrap();
+    nodes["sd1_model_loader:n4"]["model"] = identifier(&main);
+    nodes["core_metadata:n13"]["model"] = identifier(&main);
+    nodes["seed:n1"]["value"] = json!(5);
+    nodes["positive_prompt:n2"]["value"] = json!("a photo of a cat");
+    for (field, value) in [("width", 64), ("height", 64)] {
+        nodes["noise:n10"][field] = json!(value);
+        nodes["core_metadata:n13"][field] = json!(value);
+    }
+    nodes["denoise_latents:n11"]["steps"] = json!(2);
+    nodes["denoise_latents:n11"]["scheduler"] = json!("euler");
+    let (_, plain) = run_graph(&s, None, &graph).await;
+    let nodes = graph["nodes"].as_object_mut().unwrap();
+    nodes.insert(
+        "lora_loader:n15".into(),
+        json!({"id": "lora_loader:n15", "type": "lora_loader", "is_intermediate": true,
+            "use_cache": true, "lora": identifier(&lora), "weight": 0.8}),
+    );
+    let edges = graph["edges"].as_array_mut().unwrap();
+    for edge in edges.iter_mut() {
+        let field = edge["destination"]["field"].clone();
+        if field == "unet" || (field == "clip" && edge["source"]["node_id"] == "clip_skip:n5") {
+            edge["source"] = json!({"node_id": "lora_loader:n15", "field": field});
+        }
+    }
+    edges.push(
+        json!({"source": {"node_id": "sd1_model_loader:n4", "field": "unet"},
+        "destination": {"node_id": "lora_loader:n15", "field": "unet"}}),
+    );
+    edges.push(
+        json!({"source": {"node_id": "clip_skip:n5", "field": "clip"},
+        "destination": {"node_id": "lora_loader:n15", "field": "clip"}}),
+    );
+    let (_, with_lora) = run_graph(&s, None, &graph).await;
+    let plain = image_pixels(&s, None, plain.as_str().unwrap()).await;
+    let with_lora = image_pixels(&s, None, with_lora.as_str().unwrap()).await;
+    assert_ne!(
+        plain.as_raw(),
+        with_lora.as_raw(),
+        "lora_loader changed nothing"
+    );
+
+    // A LoRA for another base is refused.
+    let sd2_lora = incoming.join("sd2-lora.safetensors");
+    kohya_lora(&sd2_lora, 1024);
+    let job = install(&s, None, sd2_lora.to_str().unwrap(), true).await;
+    assert_eq!(job["config_out"]["base"], "sd-2", "{job}");
+    let mut b = body(None);
+    b["loras"] = json!([{"model": job["config_out"]["key"], "weight": 0.5}]);
+    let r = s.post("/api/v1/generate", None, &b).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("is not a LoRA for sd-1"), "{}", r.text);
 }

@@ -4,11 +4,13 @@
 //!
 //! Supported today: SD 1.x / 2.x main models in diffusers folders, SD 1.x main models as
 //! single-file LDM checkpoints, and separate SD 1.x/2.x/XL VAE models (diffusers folders or
-//! single-file LDM checkpoints), on the CPU in f32. SDXL, single-file SD 2.x checkpoints and LoRAs
-//! are refused with a clear error (issue 5 tracks them).
+//! single-file LDM checkpoints), on the CPU in f32, with LoRAs (kohya or diffusers/PEFT names)
+//! merged into the UNet and text encoder at load. SDXL and single-file SD 2.x checkpoints are
+//! refused with a clear error (issue 5 tracks them).
 
 use crate::service::tensors::{Latents, Stored, TensorStore};
 use atelier_engine::candle::{DType, Device, Tensor};
+use atelier_engine::lora::{Lora, LoraSelection};
 use atelier_engine::pipeline::{
     latents_from_vec, latents_to_vec, CfgScale, CheckpointConfig, DenoiseRequest, Sd, Vae,
 };
@@ -141,23 +143,43 @@ fn key_of(field: &Value, member: &str) -> Result<String, NodeError> {
         .ok_or_else(|| NodeError::value(format!("missing model identifier `{member}`")))
 }
 
-fn no_loras(field: &Value) -> Result<(), NodeError> {
-    if field["loras"].as_array().is_some_and(|l| !l.is_empty()) {
-        return Err(unsupported("LoRA"));
-    }
-    Ok(())
+/// The LoRAs of a `UNetField` or `CLIPField`: (key, weight), in order.
+fn loras_of(field: &Value) -> Result<Vec<(String, f32)>, NodeError> {
+    let Some(list) = field["loras"].as_array() else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|item| {
+            let key = key_of(item, "lora")?;
+            let weight = item["weight"]
+                .as_f64()
+                .ok_or_else(|| NodeError::value(format!("LoRA {key} has no weight")))?;
+            Ok((key, weight as f32))
+        })
+        .collect()
 }
 
-/// Loads (or finds in the cache) the main model `key`.
-fn model(
-    cache: &mut ModelCache,
-    host: &mut dyn Host,
-    key: &str,
-    submodel: &str,
-) -> Result<Arc<Sd>, NodeError> {
-    if let Some(Loaded::Sd(m)) = cache.get(key) {
-        return Ok(m);
+/// Which part of a main model a node uses, and so which LoRAs are merged into it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    TextEncoder,
+    Unet,
+    Vae,
+}
+
+impl Part {
+    fn submodel(self) -> &'static str {
+        match self {
+            Part::TextEncoder => "text_encoder",
+            Part::Unet => "unet",
+            Part::Vae => "vae",
+        }
     }
+}
+
+/// The main model's record, checked: a main SD 1.x/2.x model in a format the engine loads.
+/// Returns (record, whether it is a single-file checkpoint).
+fn main_record(host: &mut dyn Host, key: &str) -> Result<(Value, bool), NodeError> {
     let record = record(host, key)?;
     if record["type"] != "main" {
         return Err(NodeError::value(format!(
@@ -177,21 +199,141 @@ fn model(
         "checkpoint" => return Err(unsupported(&format!("a single-file {base} checkpoint"))),
         other => return Err(unsupported(&format!("a main model in {other} format"))),
     };
+    Ok((record, checkpoint))
+}
+
+/// The LoRA records of `loras`, checked against the main model's base.
+fn lora_records(
+    host: &mut dyn Host,
+    main_key: &str,
+    main_base: &str,
+    loras: &[(String, f32)],
+) -> Result<Vec<Value>, NodeError> {
+    loras
+        .iter()
+        .map(|(key, _)| {
+            let record = record(host, key)?;
+            if record["type"] != "lora" {
+                return Err(NodeError::value(format!(
+                    "model {key} is a {} model, not a LoRA",
+                    record["type"].as_str().unwrap_or("?")
+                )));
+            }
+            let base = record["base"].as_str().unwrap_or_default();
+            if base != main_base {
+                return Err(NodeError::value(format!(
+                    "LoRA {key} is for {base} models; it cannot be applied to the {main_base} model \
+                     {main_key}"
+                )));
+            }
+            Ok(record)
+        })
+        .collect()
+}
+
+/// The safetensors file of a LoRA record: the file itself, or the one `.safetensors` file of a
+/// diffusers LoRA folder (`pytorch_lora_weights.safetensors` preferred).
+fn lora_file(path: &Path) -> Result<PathBuf, NodeError> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let preferred = path.join("pytorch_lora_weights.safetensors");
+    if preferred.is_file() {
+        return Ok(preferred);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| NodeError::new("OSError", format!("{}: {e}", path.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .next()
+        .ok_or_else(|| NodeError::value(format!("{}: no .safetensors LoRA file", path.display())))
+}
+
+/// Loads (or finds in the cache) the main model `key`, with `loras` merged into the part the node
+/// uses (the text encoder gets the CLIP field's LoRAs, the UNet the UNet field's, as InvokeAI
+/// patches each submodel from its own field). The cache key includes the LoRAs and weights, so
+/// the same base with other LoRAs never shares patched weights; LoRAs of weight 0 change nothing
+/// and share the plain model.
+fn model(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    key: &str,
+    part: Part,
+    loras: &[(String, f32)],
+) -> Result<Arc<Sd>, NodeError> {
+    let submodel = part.submodel();
+    if !loras.is_empty() {
+        // Checked even when the patched model is cached (or every weight is 0).
+        let (record, _) = main_record(host, key)?;
+        lora_records(
+            host,
+            key,
+            record["base"].as_str().unwrap_or_default(),
+            loras,
+        )?;
+    }
+    let active: Vec<&(String, f32)> = loras.iter().filter(|(_, w)| *w != 0.0).collect();
+    let cache_key = if active.is_empty() {
+        key.to_owned()
+    } else {
+        let list: Vec<String> = active.iter().map(|(k, w)| format!("{k}@{w}")).collect();
+        format!("{key}|{submodel}:{}", list.join(","))
+    };
+    if let Some(Loaded::Sd(m)) = cache.get(&cache_key) {
+        return Ok(m);
+    }
+    let (record, checkpoint) = main_record(host, key)?;
     let path: PathBuf = crate::service::models::resolve(
         host.models_dir(),
         record["path"].as_str().unwrap_or_default(),
     );
+    let owned: Vec<(String, f32)> = active.iter().map(|&l| l.clone()).collect();
+    let base = record["base"].as_str().unwrap_or_default().to_owned();
+    let mut size = record["file_size"].as_u64().unwrap_or(0);
+    let mut parsed = Vec::new();
+    for (lora_record, (_, weight)) in lora_records(host, key, &base, &owned)?.iter().zip(&owned) {
+        let lora_path = crate::service::models::resolve(
+            host.models_dir(),
+            lora_record["path"].as_str().unwrap_or_default(),
+        );
+        host.model_load(false, lora_record, None);
+        let lora = Lora::load(&lora_file(&lora_path)?).map_err(engine_error)?;
+        host.model_load(true, lora_record, None);
+        size += lora_record["file_size"].as_u64().unwrap_or(0);
+        parsed.push((lora, *weight));
+    }
+    let refs: Vec<(&Lora, f32)> = parsed.iter().map(|(l, w)| (l, *w)).collect();
+    let selection = match part {
+        Part::TextEncoder => LoraSelection {
+            unet: &[],
+            text_encoder: &refs,
+        },
+        Part::Unet => LoraSelection {
+            unet: &refs,
+            text_encoder: &[],
+        },
+        Part::Vae => LoraSelection::NONE,
+    };
     host.model_load(false, &record, Some(submodel));
     let loaded = if checkpoint {
-        Sd::load_checkpoint(&path, &CheckpointConfig::sd1(), &Device::Cpu, DType::F32)
+        Sd::load_checkpoint_with_loras(
+            &path,
+            &CheckpointConfig::sd1(),
+            &Device::Cpu,
+            DType::F32,
+            selection,
+        )
     } else {
-        Sd::load(&path, &Device::Cpu, DType::F32)
+        Sd::load_with_loras(&path, &Device::Cpu, DType::F32, selection)
     }
     .map_err(engine_error)?;
     host.model_load(true, &record, Some(submodel));
     let model = Arc::new(loaded);
-    let size = record["file_size"].as_u64().unwrap_or(0);
-    cache.insert(key, size, Loaded::Sd(model.clone()));
+    cache.insert(&cache_key, size, Loaded::Sd(model.clone()));
     Ok(model)
 }
 
@@ -226,7 +368,7 @@ fn vae_model(cache: &mut ModelCache, host: &mut dyn Host, key: &str) -> Result<V
     }
     let record = record(host, key)?;
     if record["type"] != "vae" {
-        return model(cache, host, key, "vae").map(VaeOf::Main);
+        return model(cache, host, key, Part::Vae, &[]).map(VaeOf::Main);
     }
     let base = record["base"].as_str().unwrap_or_default();
     if !["sd-1", "sd-2", "sdxl"].contains(&base) {
@@ -334,9 +476,8 @@ pub fn encode_prompt(
         return Err(unsupported("a conditioning mask"));
     }
     let clip = &request["clip"];
-    no_loras(clip)?;
     let key = key_of(clip, "text_encoder")?;
-    let sd = model(cache, host, &key, "text_encoder")?;
+    let sd = model(cache, host, &key, Part::TextEncoder, &loras_of(clip)?)?;
     let skipped = usize::try_from(clip["skipped_layers"].as_u64().unwrap_or(0)).unwrap_or(0);
     let prompt = request["prompt"].as_str().unwrap_or_default();
     let tensor = sd.encode_prompt(prompt, skipped).map_err(engine_error)?;
@@ -360,7 +501,6 @@ pub fn denoise(
         return Err(unsupported("HiDiffusion"));
     }
     let unet = &request["unet"];
-    no_loras(unet)?;
     if unet["seamless_axes"]
         .as_array()
         .is_some_and(|a| !a.is_empty())
@@ -370,7 +510,13 @@ pub fn denoise(
     if !unet["freeu_config"].is_null() {
         return Err(unsupported("FreeU"));
     }
-    let sd = model(cache, host, &key_of(unet, "unet")?, "unet")?;
+    let sd = model(
+        cache,
+        host,
+        &key_of(unet, "unet")?,
+        Part::Unet,
+        &loras_of(unet)?,
+    )?;
     let noise = latents(tensors, &request["noise"])?;
     let start = latents(tensors, &request["latents"])?;
     let seed = noise
