@@ -13,7 +13,7 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  startServer, launchBrowser, newPage, screenshot, call, apiLogin, pngBytes, writeSd1Checkpoint,
+  startServer, launchBrowser, newPage, screenshot, call, apiLogin, pngBytes, writeSd1Checkpoint, writeSafetensors,
 } from '../lib/harness.mjs';
 
 const ADMIN = { email: 'ada@example.com', name: 'Ada Admin', password: 'Admin-pass-1' };
@@ -36,6 +36,20 @@ async function signIn(page, who, hash = '') {
   await page.getByLabel('Password', { exact: true }).fill(who.password);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.locator('.shell').waitFor();
+}
+
+/** Installs a file in place as the admin and waits for its job; returns the job. */
+async function installFile(path) {
+  const job = await call(server.url, 'POST', `api/v2/models/install?source=${encodeURIComponent(path)}&inplace=true`, { token: adminToken, json: {} });
+  for (let i = 0; i < 200; i += 1) {
+    const j = await call(server.url, 'GET', `api/v2/models/install/${job.id}`, { token: adminToken });
+    if (['completed', 'error', 'cancelled'].includes(j.status)) {
+      assert.equal(j.status, 'completed', JSON.stringify(j));
+      return j;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`install of ${path} did not finish`);
 }
 
 async function uploadImage(token, { metadata, name = 'x.png', rgb = [30, 120, 200] } = {}) {
@@ -174,6 +188,19 @@ describe('models, generate and live updates', () => {
     await bob.getByLabel('CFG rescale').fill('0');
     await bob.getByLabel('CFG rescale').press('Tab');
 
+    // A separate VAE and a LoRA for SD 1.x (headers only: the probe reads nothing else), and an
+    // SDXL VAE, which the SD 1.x model must not offer.
+    writeSafetensors(join(modelsDir, 'tiny-vae.safetensors'), [['encoder.conv_in.weight', [128, 3, 3, 3]], ['decoder.conv_out.weight', [3, 128, 3, 3]]]);
+    writeSafetensors(join(modelsDir, 'tiny-xl-vae.safetensors'), [['encoder.conv_in.weight', [128, 3, 3, 3]], ['decoder.conv_out.weight', [3, 128, 3, 3]]]);
+    const k = 'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k';
+    writeSafetensors(join(modelsDir, 'tiny-lora.safetensors'), [[`${k}.lora_down.weight`, [4, 768]], [`${k}.lora_up.weight`, [320, 4]], [`${k}.alpha`, []]]);
+    await installFile(join(modelsDir, 'tiny-vae.safetensors'));
+    await installFile(join(modelsDir, 'tiny-xl-vae.safetensors'));
+    await installFile(join(modelsDir, 'tiny-lora.safetensors'));
+    const installed = await call(server.url, 'GET', 'api/v2/models/', { token: bobToken });
+    const keyOf = (name) => installed.models.find((m) => m.name === name)?.key;
+    assert.ok(keyOf('tiny-vae') && keyOf('tiny-lora'), JSON.stringify(installed.models.map((m) => [m.name, m.type, m.base])));
+
     // A board of Bob's, and an initial image from the gallery.
     const board = await call(server.url, 'POST', `api/v1/boards/?board_name=${encodeURIComponent('Bob renders')}`, { token: bobToken });
     const init = await uploadImage(bobToken, { name: 'init.png', rgb: [200, 180, 20] });
@@ -199,16 +226,33 @@ describe('models, generate and live updates', () => {
       steps: 4, cfg_scale: 6.5, scheduler: 'euler', seed: 42, board_id: board.board_id,
     });
 
-    // Several images and CFG rescale are sent only when they differ from the API's defaults.
+    // Several images and CFG rescale are sent only when they differ from the API's defaults; so
+    // are a separate VAE and LoRAs, offered for the model's base only.
     await bob.getByLabel('Images', { exact: true }).fill('4');
     await bob.getByLabel('CFG rescale').fill('0.7');
+    const vaeOptions = await bob.getByLabel('VAE', { exact: true }).locator('option').allInnerTexts();
+    assert.deepEqual(vaeOptions, ['The model\u2019s own', 'tiny-vae']);
+    await bob.getByLabel('VAE', { exact: true }).selectOption({ label: 'tiny-vae' });
+    await bob.getByLabel('Add a LoRA').selectOption({ label: 'tiny-lora' });
+    await bob.getByLabel('Weight of tiny-lora').fill('0.6');
+    assert.equal(await bob.getByLabel('Add a LoRA').isDisabled(), true, 'no other LoRA to add');
     answer = { status: 409, contentType: 'application/json', body: JSON.stringify({ detail: 'The queue is full.' }) };
     await bob.getByRole('button', { name: 'Invoke' }).click();
     await bob.getByRole('alert').filter({ hasText: 'The queue is full.' }).waitFor();
     assert.equal(sent[1].count, 4);
     assert.equal(sent[1].cfg_rescale_multiplier, 0.7);
+    assert.equal(sent[1].vae, keyOf('tiny-vae'));
+    assert.deepEqual(sent[1].loras, [{ model: keyOf('tiny-lora'), weight: 0.6 }]);
+    await screenshot(bob, '26b-generate-vae-lora');
     await bob.getByLabel('Images', { exact: true }).fill('1');
     await bob.getByLabel('CFG rescale').fill('0');
+    await bob.getByLabel('VAE', { exact: true }).selectOption('');
+    await bob.getByRole('button', { name: 'Remove LoRA tiny-lora' }).click();
+    assert.equal(await bob.getByRole('list', { name: 'Chosen LoRAs' }).locator('li').count(), 0);
+    // The later tests expect the main model alone.
+    for (const name of ['tiny-vae', 'tiny-xl-vae', 'tiny-lora']) {
+      await call(server.url, 'DELETE', `api/v2/models/i/${keyOf(name) || installed.models.find((m) => m.name === name).key}`, { token: adminToken });
+    }
 
     // Image to image: picked from the gallery, with a strength; the size follows the image.
     await bob.getByRole('button', { name: 'Choose from gallery' }).click();

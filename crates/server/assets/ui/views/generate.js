@@ -33,8 +33,10 @@ export const SCHEDULERS = [
 const DEFAULTS = {
   model: '', prompt: '', negative_prompt: '', width: 512, height: 512, steps: 30, cfg_scale: 7.5,
   cfg_rescale_multiplier: 0, scheduler: 'dpmpp_3m_k', seed: 0, random_seed: true, count: 1,
-  board_id: 'none', init_image: null, strength: 0.75,
+  board_id: 'none', init_image: null, strength: 0.75, vae: '', loras: [],
 };
+/** InvokeAI's default weight for a newly added LoRA. */
+const LORA_WEIGHT = 0.75;
 const MAX_COUNT = 100;
 
 const imageUrl = (name, kind = 'full') => `api/v1/images/i/${encodeURIComponent(name)}/${kind}?${mediaQuery()}`;
@@ -65,6 +67,8 @@ export async function render(container) {
   const save = () => localStorage.setItem(STORE_KEY, JSON.stringify(st));
   let models = [];
   let boards = [];
+  let vaes = []; // installed VAE models
+  let loraModels = []; // installed LoRA models
   let run = null; // { items: Map(id → {status, seed}), done }
   let pollTimer = null;
   let stopped = false;
@@ -84,9 +88,14 @@ export async function render(container) {
     seed: h('input', { type: 'number', name: 'seed', id: 'gen-seed', min: 0, max: MAX_SEED, step: 1, inputmode: 'numeric' }),
     random_seed: h('input', { type: 'checkbox', name: 'random_seed', id: 'gen-random-seed' }),
     board_id: h('select', { name: 'board_id', id: 'gen-board' }),
+    vae: h('select', { name: 'vae', id: 'gen-vae' }),
     strength: h('input', { type: 'range', name: 'strength', id: 'gen-strength', min: 0, max: 1, step: 0.01 }),
   };
   const strengthOut = h('output', { for: 'gen-strength', class: 'range-value' });
+  // LoRAs: the chosen ones with their weights, and a picker for more of the model's base.
+  const loraList = h('ul', { class: 'lora-list', 'aria-label': 'Chosen LoRAs' });
+  const loraAdd = h('select', { id: 'gen-lora-add' });
+  const loraErr = h('div', { class: 'hint bad', hidden: true });
   const fieldErrors = {};
   const withError = (name, el) => {
     fieldErrors[name] = h('div', { class: 'hint bad', id: `gen-${name}-error`, hidden: true });
@@ -120,6 +129,8 @@ export async function render(container) {
     strengthOut.value = Number(st.strength).toFixed(2);
     drawInit();
     describeModel();
+    drawVaes();
+    drawLoras();
   };
 
   const read = () => {
@@ -132,10 +143,50 @@ export async function render(container) {
     st.scheduler = inputs.scheduler.value;
     st.random_seed = inputs.random_seed.checked;
     st.board_id = inputs.board_id.value;
+    st.vae = inputs.vae.value;
     save();
   };
 
   const modelByKey = (key) => models.find((m) => m.key === key);
+  const baseOf = () => modelByKey(inputs.model.value)?.base;
+
+  // VAEs and LoRAs are offered for the chosen model's base only (the server refuses others).
+  const drawVaes = () => {
+    const list = vaes.filter((v) => v.base === baseOf());
+    mount(inputs.vae, h('option', { value: '' }, 'The model\u2019s own'), list.map((v) => h('option', { value: v.key }, v.name)));
+    inputs.vae.value = list.some((v) => v.key === st.vae) ? st.vae : '';
+    inputs.vae.disabled = !list.length;
+  };
+  const drawLoras = () => {
+    const base = baseOf();
+    st.loras = (st.loras || []).filter((l) => loraModels.some((m) => m.key === l.key && m.base === base));
+    const available = loraModels.filter((m) => m.base === base && !st.loras.some((l) => l.key === m.key));
+    mount(loraAdd,
+      h('option', { value: '' }, available.length ? 'Add a LoRA\u2026' : (loraModels.length ? 'No other LoRA for this model' : 'No LoRA installed')),
+      available.map((m) => h('option', { value: m.key }, m.name)));
+    loraAdd.disabled = !available.length;
+    mount(loraList, st.loras.map((l) => {
+      const name = loraModels.find((m) => m.key === l.key)?.name || l.key;
+      const weight = h('input', {
+        type: 'number', step: 0.05, min: -10, max: 10, inputmode: 'decimal', value: l.weight,
+        'aria-label': `Weight of ${name}`,
+        oninput: () => { l.weight = weight.value === '' ? NaN : Number(weight.value); save(); },
+      });
+      return h('li', { class: 'lora-row', dataset: { loraKey: l.key } },
+        h('span', { class: 'lora-name', title: name }, name), weight,
+        h('button', {
+          type: 'button', class: 'btn small', 'aria-label': `Remove LoRA ${name}`,
+          onclick: () => { st.loras = st.loras.filter((x) => x !== l); save(); drawLoras(); },
+        }, 'Remove'));
+    }));
+  };
+  loraAdd.addEventListener('change', () => {
+    if (!loraAdd.value) return;
+    st.loras = [...(st.loras || []), { key: loraAdd.value, weight: LORA_WEIGHT }];
+    save();
+    drawLoras();
+    loraList.querySelector('li:last-child input')?.focus();
+  });
   const describeModel = () => {
     const m = modelByKey(inputs.model.value);
     modelNote.textContent = m ? `${BASES[m.base] || m.base} · ${m.format}${m.description ? ` · ${m.description}` : ''}` : '';
@@ -148,6 +199,7 @@ export async function render(container) {
     for (const [k, key] of [['width', 'width'], ['height', 'height'], ['steps', 'steps'], ['cfg_scale', 'cfg_scale'], ['cfg_rescale_multiplier', 'cfg_rescale_multiplier'], ['scheduler', 'scheduler']]) {
       if (d[key] !== null && d[key] !== undefined && !(k === 'scheduler' && !SCHEDULERS.some(([v]) => v === d[key]))) inputs[k].value = d[key];
     }
+    if (d.vae && vaes.some((v) => v.key === d.vae)) st.vae = d.vae;
   };
 
   // ---- image to image ----
@@ -277,6 +329,8 @@ export async function render(container) {
     if (count > 1) body.count = count;
     if (!inputs.random_seed.checked) body.seed = Number(inputs.seed.value);
     if (inputs.board_id.value !== 'none') body.board_id = inputs.board_id.value;
+    if (inputs.vae.value) body.vae = inputs.vae.value;
+    if (st.loras?.length) body.loras = st.loras.map((l) => ({ model: l.key, weight: l.weight }));
     if (st.init_image) {
       body.init_image = st.init_image.image_name;
       body.strength = Number(inputs.strength.value);
@@ -287,7 +341,10 @@ export async function render(container) {
   const invoke = async () => {
     formErr.set('');
     read();
-    if (!validate()) {
+    const badLora = (st.loras || []).find((l) => !Number.isFinite(l.weight));
+    loraErr.textContent = badLora ? 'Each LoRA weight must be a number.' : '';
+    loraErr.hidden = !badLora;
+    if (!validate() || badLora) {
       formErr.set('Some settings need attention (marked below).');
       return;
     }
@@ -470,6 +527,8 @@ export async function render(container) {
   inputs.model.addEventListener('change', () => {
     applyModelDefaults();
     describeModel();
+    drawVaes();
+    drawLoras();
     read();
   });
   inputs.prompt.addEventListener('keydown', (e) => {
@@ -500,6 +559,9 @@ export async function render(container) {
       h('span', { class: 'check' }, inputs.random_seed, h('label', { for: 'gen-random-seed' }, 'Random'))),
     withError('seed', null)[1]),
   field('Board', inputs.board_id),
+  field('VAE', inputs.vae),
+  h('fieldset', { class: 'loras' }, h('legend', {}, 'LoRAs'), loraList,
+    h('label', { for: 'gen-lora-add', class: 'sr-only' }, 'Add a LoRA'), loraAdd, loraErr),
   h('fieldset', { class: 'img2img' }, h('legend', {}, 'Image to image'), initBox, upload),
   formErr,
   invokeBtn);
@@ -513,14 +575,18 @@ export async function render(container) {
         bar, stage, strip, resultMeta)));
 
   // ---- data ----
-  const [main, gone, boardList] = await Promise.all([
+  const [main, gone, boardList, vaeList, loraRecords] = await Promise.all([
     api('api/v2/models/', { query: { model_type: 'main' } }),
     api('api/v2/models/missing').catch(() => ({ models: [] })),
     api('api/v1/boards/', { query: { all: true, order_by: 'board_name', direction: 'ASC' } }).catch(() => []),
+    api('api/v2/models/', { query: { model_type: 'vae' } }).catch(() => ({ models: [] })),
+    api('api/v2/models/', { query: { model_type: 'lora' } }).catch(() => ({ models: [] })),
   ]);
   if (stopped) return undefined;
   const missing = new Set(gone.models.map((m) => m.key));
   models = main.models.filter((m) => BASES[m.base] && !missing.has(m.key));
+  vaes = vaeList.models.filter((m) => !missing.has(m.key));
+  loraModels = loraRecords.models.filter((m) => !missing.has(m.key));
   boards = boardList.filter((b) => !b.archived && (session.isAdmin || session.isMe(b.user_id) || b.board_visibility === 'public'));
   mount(inputs.model,
     models.length ? h('option', { value: '' }, 'Choose a model…') : h('option', { value: '' }, 'No models installed'),
@@ -565,6 +631,16 @@ export async function render(container) {
     set('cfg_scale', meta.cfg_scale);
     st.cfg_rescale_multiplier = Number.isFinite(meta.cfg_rescale_multiplier) ? meta.cfg_rescale_multiplier : 0;
     if (meta.scheduler && SCHEDULERS.some(([v]) => v === meta.scheduler)) st.scheduler = meta.scheduler;
+    const installed = (list, ref) => ref && list.find((x) => x.key === ref.key || (ref.hash && x.hash === ref.hash));
+    const vae = installed(vaes, meta.vae);
+    st.vae = vae ? vae.key : '';
+    if (meta.vae && !vae) notes.push(`The VAE "${meta.vae.name || meta.vae.key}" is not installed; the model's own is used.`);
+    st.loras = [];
+    for (const l of Array.isArray(meta.loras) ? meta.loras : []) {
+      const found = installed(loraModels, l.model);
+      if (found && Number.isFinite(l.weight)) st.loras.push({ key: found.key, weight: l.weight });
+      else notes.push(`The LoRA "${l.model?.name || l.model?.key || '?'}" is not installed; it is left out.`);
+    }
     if (Number.isInteger(meta.seed)) {
       st.seed = meta.seed;
       st.random_seed = false;
