@@ -6,8 +6,8 @@
 //! the last Karras sigma for `deis_k`. The model output is converted to ε form and remembered; the first step is
 //! first order, and with fewer than 15 steps so is the last (the one before it at most second order).
 
-use super::common::{add_noise_vp, check_len, f32_round, TrainSchedule};
-use super::dpm_multistep::{alpha_sigma, multistep_index, multistep_schedule};
+use super::common::{add_noise_vp, f32_round, TrainSchedule};
+use super::dpm_multistep::{alpha_sigma, begin_multistep, multistep_index, multistep_schedule};
 use super::{NoiseFamily, PredictionType, Scheduler, SchedulerConfig};
 use crate::EngineError;
 
@@ -105,17 +105,13 @@ impl Scheduler for DeisMultistep {
         t: f64,
         sample: &[f32],
     ) -> Result<Vec<f32>, EngineError> {
-        if self.timesteps.is_empty() {
-            return Err(EngineError::TimestepsNotSet("step"));
-        }
-        check_len("model_output", model_output, sample.len())?;
-        let i = *self
-            .step_index
-            .get_or_insert_with(|| multistep_index(&self.timesteps, t));
-        let n = self.timesteps.len();
-        if i >= n {
-            return Err(EngineError::ScheduleExhausted(n));
-        }
+        let (i, n) = begin_multistep(
+            &mut self.step_index,
+            &self.timesteps,
+            t,
+            model_output,
+            sample,
+        )?;
         let lower_order_final = i == n - 1 && n < 15;
         let lower_order_second = i + 2 == n && n < 15;
 

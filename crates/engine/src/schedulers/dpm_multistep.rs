@@ -69,6 +69,29 @@ pub(crate) fn multistep_index(timesteps: &[f64], t: f64) -> usize {
     index_for_timestep(timesteps, t).unwrap_or(timesteps.len().saturating_sub(1))
 }
 
+/// The start of every multistep solver's `step`: the schedule must be set and the output the
+/// sample's size; the step index is fixed from the first timestep seen (diffusers'
+/// `_init_step_index`) and then advances by one per step, so a step past the end is refused.
+/// Returns the step index and the schedule's length.
+pub(crate) fn begin_multistep(
+    step_index: &mut Option<usize>,
+    timesteps: &[f64],
+    t: f64,
+    model_output: &[f32],
+    sample: &[f32],
+) -> Result<(usize, usize), EngineError> {
+    if timesteps.is_empty() {
+        return Err(EngineError::TimestepsNotSet("step"));
+    }
+    check_len("model_output", model_output, sample.len())?;
+    let i = *step_index.get_or_insert_with(|| multistep_index(timesteps, t));
+    let n = timesteps.len();
+    if i >= n {
+        return Err(EngineError::ScheduleExhausted(n));
+    }
+    Ok((i, n))
+}
+
 /// diffusers' `DPMSolverMultistepScheduler` (dpmsolver++ family).
 pub struct DpmSolverMultistep {
     config: SchedulerConfig,
@@ -206,17 +229,13 @@ impl Scheduler for DpmSolverMultistep {
         t: f64,
         sample: &[f32],
     ) -> Result<Vec<f32>, EngineError> {
-        if self.timesteps.is_empty() {
-            return Err(EngineError::TimestepsNotSet("step"));
-        }
-        check_len("model_output", model_output, sample.len())?;
-        let i = *self
-            .step_index
-            .get_or_insert_with(|| multistep_index(&self.timesteps, t));
-        let n = self.timesteps.len();
-        if i >= n {
-            return Err(EngineError::ScheduleExhausted(n));
-        }
+        let (i, n) = begin_multistep(
+            &mut self.step_index,
+            &self.timesteps,
+            t,
+            model_output,
+            sample,
+        )?;
         // final_sigmas_type "zero" makes the last step first order whatever the step count.
         let lower_order_final = i == n - 1;
         let lower_order_second = i + 2 == n && n < 15;

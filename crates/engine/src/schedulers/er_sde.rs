@@ -12,8 +12,8 @@
 //! σ of 0, the same as DPM-Solver's without Karras sigmas; the step index follows the multistep rule (an absent
 //! timestep maps to the last step). Variance-preserving.
 
-use super::common::{add_noise_vp, check_len, TrainSchedule};
-use super::dpm_multistep::{alpha_sigma, multistep_index, multistep_schedule};
+use super::common::{add_noise_vp, TrainSchedule};
+use super::dpm_multistep::{alpha_sigma, begin_multistep, multistep_index, multistep_schedule};
 use super::{NoiseFamily, PredictionType, Scheduler, SchedulerConfig};
 use crate::noise::{stochastic_seed, TorchGenerator};
 use crate::EngineError;
@@ -207,17 +207,13 @@ impl Scheduler for ErSde {
         t: f64,
         sample: &[f32],
     ) -> Result<Vec<f32>, EngineError> {
-        if self.timesteps.is_empty() {
-            return Err(EngineError::TimestepsNotSet("step"));
-        }
-        check_len("model_output", model_output, sample.len())?;
-        let i = *self
-            .step_index
-            .get_or_insert_with(|| multistep_index(&self.timesteps, t));
-        let n = self.timesteps.len();
-        if i >= n {
-            return Err(EngineError::ScheduleExhausted(n));
-        }
+        let (i, _) = begin_multistep(
+            &mut self.step_index,
+            &self.timesteps,
+            t,
+            model_output,
+            sample,
+        )?;
         let (sigma, sigma_next) = (self.sigmas[i], self.sigmas[i + 1]);
         let (alpha_s, sigma_s) = alpha_sigma(sigma);
         let converted: Vec<f64> = sample

@@ -6,8 +6,10 @@
 //! the sample the previous step started from), then predicts the next latents with UniP. The schedule and
 //! `add_noise` are the DPM-Solver ones (variance-preserving, `linspace` by default).
 
-use super::common::{add_noise_vp, check_len, TrainSchedule};
-use super::dpm_multistep::{alpha_sigma, lambda, multistep_index, multistep_schedule};
+use super::common::{add_noise_vp, TrainSchedule};
+use super::dpm_multistep::{
+    alpha_sigma, begin_multistep, lambda, multistep_index, multistep_schedule,
+};
 use super::{NoiseFamily, PredictionType, Scheduler, SchedulerConfig};
 use crate::EngineError;
 
@@ -230,17 +232,13 @@ impl Scheduler for UniPcMultistep {
         t: f64,
         sample: &[f32],
     ) -> Result<Vec<f32>, EngineError> {
-        if self.timesteps.is_empty() {
-            return Err(EngineError::TimestepsNotSet("step"));
-        }
-        check_len("model_output", model_output, sample.len())?;
-        let i = *self
-            .step_index
-            .get_or_insert_with(|| multistep_index(&self.timesteps, t));
-        let n = self.timesteps.len();
-        if i >= n {
-            return Err(EngineError::ScheduleExhausted(n));
-        }
+        let (i, n) = begin_multistep(
+            &mut self.step_index,
+            &self.timesteps,
+            t,
+            model_output,
+            sample,
+        )?;
         let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[i]);
         let converted: Vec<f64> = sample
             .iter()
