@@ -389,25 +389,7 @@ async fn a_separate_vae_model_decodes_and_encodes() {
     assert_eq!(r.body["status"], "completed", "{}", r.text);
 
     // The UI's graph (Appendix A) with a `vae_loader` feeding `l2i`.
-    let mut graph: Value =
-        serde_json::from_str::<Value>(include_str!("../../graph/tests/appendix_a.json")).unwrap()
-            ["batch"]["graph"]
-            .clone();
-    let identifier = |m: &Value| {
-        json!({"key": m["key"], "hash": m["hash"], "name": m["name"], "base": m["base"],
-            "type": m["type"]})
-    };
-    let nodes = graph["nodes"].as_object_mut().unwrap();
-    nodes["sd1_model_loader:n4"]["model"] = identifier(&main);
-    nodes["core_metadata:n13"]["model"] = identifier(&main);
-    nodes["seed:n1"]["value"] = json!(42);
-    nodes["positive_prompt:n2"]["value"] = json!("a red fox");
-    for (field, value) in [("width", 64), ("height", 64)] {
-        nodes["noise:n10"][field] = json!(value);
-        nodes["core_metadata:n13"][field] = json!(value);
-    }
-    nodes["denoise_latents:n11"]["steps"] = json!(2);
-    nodes["denoise_latents:n11"]["scheduler"] = json!("euler");
+    let mut graph = appendix_a(&main, 42, "a red fox");
     let (_, own) = run_graph(&s, user, &graph).await;
     let nodes = graph["nodes"].as_object_mut().unwrap();
     nodes.insert(
@@ -569,25 +551,7 @@ async fn a_lora_changes_the_image_and_weight_zero_does_not() {
     );
 
     // The UI's graph (Appendix A) with a `lora_loader` between the loaders and their users.
-    let mut graph: Value =
-        serde_json::from_str::<Value>(include_str!("../../graph/tests/appendix_a.json")).unwrap()
-            ["batch"]["graph"]
-            .clone();
-    let identifier = |m: &Value| {
-        json!({"key": m["key"], "hash": m["hash"], "name": m["name"], "base": m["base"],
-            "type": m["type"]})
-    };
-    let nodes = graph["nodes"].as_object_mut().unwrap();
-    nodes["sd1_model_loader:n4"]["model"] = identifier(&main);
-    nodes["core_metadata:n13"]["model"] = identifier(&main);
-    nodes["seed:n1"]["value"] = json!(5);
-    nodes["positive_prompt:n2"]["value"] = json!("a photo of a cat");
-    for (field, value) in [("width", 64), ("height", 64)] {
-        nodes["noise:n10"][field] = json!(value);
-        nodes["core_metadata:n13"][field] = json!(value);
-    }
-    nodes["denoise_latents:n11"]["steps"] = json!(2);
-    nodes["denoise_latents:n11"]["scheduler"] = json!("euler");
+    let mut graph = appendix_a(&main, 5, "a photo of a cat");
     let (_, plain) = run_graph(&s, None, &graph).await;
     let nodes = graph["nodes"].as_object_mut().unwrap();
     nodes.insert(
@@ -629,4 +593,30 @@ async fn a_lora_changes_the_image_and_weight_zero_does_not() {
     let r = s.post("/api/v1/generate", None, &b).await;
     assert_eq!(r.status, 422, "{}", r.text);
     assert!(r.text.contains("is not a LoRA for sd-1"), "{}", r.text);
+}
+
+/// A model record as the identifier a graph carries.
+fn identifier(m: &Value) -> Value {
+    json!({"key": m["key"], "hash": m["hash"], "name": m["name"], "base": m["base"],
+        "type": m["type"]})
+}
+
+/// The UI's SD 1.x graph (Appendix A) on `main`: 64×64, two euler steps.
+fn appendix_a(main: &Value, seed: u64, prompt: &str) -> Value {
+    let mut graph: Value =
+        serde_json::from_str::<Value>(include_str!("../../graph/tests/appendix_a.json")).unwrap()
+            ["batch"]["graph"]
+            .clone();
+    let nodes = graph["nodes"].as_object_mut().unwrap();
+    nodes["sd1_model_loader:n4"]["model"] = identifier(main);
+    nodes["core_metadata:n13"]["model"] = identifier(main);
+    nodes["seed:n1"]["value"] = json!(seed);
+    nodes["positive_prompt:n2"]["value"] = json!(prompt);
+    for (field, value) in [("width", 64), ("height", 64)] {
+        nodes["noise:n10"][field] = json!(value);
+        nodes["core_metadata:n13"][field] = json!(value);
+    }
+    nodes["denoise_latents:n11"]["steps"] = json!(2);
+    nodes["denoise_latents:n11"]["scheduler"] = json!("euler");
+    graph
 }
