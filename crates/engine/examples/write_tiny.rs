@@ -4,11 +4,15 @@
 //! `tools/reference/make_pipeline_fixtures.py` are computed on, and `<dir>/sd1-vae-ldm.safetensors`: sd1's VAE
 //! as a single-file checkpoint in the original LDM layout (`tools/reference/check_ldm_vae.py`), and
 //! `<dir>/sd1-lora.safetensors` / `<dir>/sd2-lora.safetensors`: rank-4 kohya-named LoRAs over sd1's and sd2's
-//! attention projections and a conv (`tools/reference/make_lora_fixtures.py`).
+//! attention projections and a conv (`tools/reference/make_lora_fixtures.py`), `<dir>/sdxl`: the tiny SDXL
+//! model (`tools/reference/make_sdxl_fixtures.py`), and `<dir>/sdxl-lora.safetensors`: a rank-4 kohya LoRA for
+//! it with `lora_te1_`/`lora_te2_` and LDM-named UNet keys, and `<dir>/sdxl-lora-diffusers-names.safetensors`: the
+//! same factors with flattened diffusers UNet names (`tools/reference/make_sdxl_lora_fixtures.py`).
 
 use std::path::PathBuf;
 
 use atelier_engine::tiny::{write_ldm_vae, write_tiny_lora, write_tiny_sd, Family, LoraNaming};
+use atelier_engine::tiny_sdxl::{write_tiny_sdxl, write_tiny_sdxl_lora, SdxlLoraNaming};
 
 /// The seed the committed fixtures were made with.
 const DEFAULT_SEED: u64 = 1234;
@@ -40,6 +44,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &dir.join(name),
             &dir.join(format!("{name}-lora.safetensors")),
             LoraNaming::Kohya,
+            LORA_RANK,
+            seed + 1,
+        )?;
+    }
+    write_tiny_sdxl(&dir.join("sdxl"), seed)?;
+    for (file, naming) in [
+        ("sdxl-lora.safetensors", SdxlLoraNaming::KohyaLdm),
+        (
+            "sdxl-lora-diffusers-names.safetensors",
+            SdxlLoraNaming::KohyaDiffusers,
+        ),
+    ] {
+        write_tiny_sdxl_lora(
+            &dir.join("sdxl"),
+            &dir.join(file),
+            naming,
             LORA_RANK,
             seed + 1,
         )?;

@@ -233,6 +233,12 @@ impl ClipTextTransformer {
         &self.config
     }
 
+    /// Whether the checkpoint has `text_projection` (`CLIPTextModelWithProjection`), so that
+    /// [`ClipOutput::pooled`] is produced.
+    pub fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device

@@ -1,8 +1,9 @@
 //! diffusers `config.json` files → candle model configurations and our [`SchedulerConfig`].
 //!
-//! Only what SD 1.x/2.x use is accepted; anything that would make candle's UNet or VAE compute something other
-//! than diffusers (SDXL's addition embedding, a class embedding, a custom group count, ...) is an
-//! [`EngineError::InvalidModel`] naming the field.
+//! Only what SD 1.x/2.x and SDXL use is accepted (SDXL: the `text_time` addition embedding, per-block
+//! `transformer_layers_per_block`, read by [`unet_extras`]); anything that would make our UNet or candle's VAE
+//! compute something other than diffusers (another addition embedding, a class embedding, a custom group count,
+//! ...) is an [`EngineError::InvalidModel`] naming the field.
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 use serde_json::Value;
 
 use crate::schedulers::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+use crate::unet::TextTime;
 use crate::EngineError;
 
 /// Reads a JSON file.
@@ -115,15 +117,24 @@ pub struct UNetSpec {
     pub config: UNet2DConditionModelConfig,
 }
 
-/// Parses a diffusers `UNet2DConditionModel` config for SD 1.x/2.x.
+/// Parses a diffusers `UNet2DConditionModel` config for SD 1.x/2.x/XL (SDXL's extras: [`unet_extras`]).
 pub fn unet_spec(path: &Path) -> Result<UNetSpec, EngineError> {
     let value = read_json(path)?;
     let f = Fields {
         path,
         value: &value,
     };
+    match f.get("addition_embed_type") {
+        None => {}
+        Some(v) if v == &Value::from("text_time") => {}
+        Some(_) => {
+            return Err(f.bad(
+                "addition_embed_type",
+                "is set: this UNet needs an SDXL-style or conditioned model, not supported yet",
+            ))
+        }
+    }
     for key in [
-        "addition_embed_type",
         "class_embed_type",
         "encoder_hid_dim",
         "time_cond_proj_dim",
@@ -135,6 +146,9 @@ pub fn unet_spec(path: &Path) -> Result<UNetSpec, EngineError> {
                 "is set: this UNet needs an SDXL-style or conditioned model, not supported yet",
             ));
         }
+    }
+    if f.get("reverse_transformer_layers_per_block").is_some() {
+        return Err(f.bad("reverse_transformer_layers_per_block", "is not supported"));
     }
     f.require_default("resnet_time_scale_shift", &Value::from("default"))?;
     f.require_default("time_embedding_type", &Value::from("positional"))?;
@@ -232,6 +246,55 @@ pub fn unet_spec(path: &Path) -> Result<UNetSpec, EngineError> {
         in_channels: f.usize_or("in_channels", 4)?,
         out_channels: f.usize_or("out_channels", 4)?,
         config,
+    })
+}
+
+/// What a UNet config holds beyond [`UNetSpec`]: the mid block's transformer depth and SDXL's addition
+/// embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UNetExtras {
+    /// The mid block's transformer depth: the last entry of `transformer_layers_per_block`.
+    pub mid_transformer_layers: usize,
+    /// SDXL's `addition_embed_type: "text_time"` with its sizes.
+    pub text_time: Option<TextTime>,
+}
+
+/// Reads [`UNetExtras`] from a diffusers `UNet2DConditionModel` config that [`unet_spec`] accepts.
+pub fn unet_extras(path: &Path) -> Result<UNetExtras, EngineError> {
+    let value = read_json(path)?;
+    let f = Fields {
+        path,
+        value: &value,
+    };
+    let n = f
+        .get("block_out_channels")
+        .and_then(Value::as_array)
+        .map_or(1, Vec::len)
+        .max(1);
+    let layers = f.per_block("transformer_layers_per_block", n, 1)?;
+    let text_time = match f.get("addition_embed_type") {
+        Some(v) if v == &Value::from("text_time") => {
+            let time_embed_dim = f.usize_or("addition_time_embed_dim", 0)?;
+            let input_dim = f.usize_or("projection_class_embeddings_input_dim", 0)?;
+            if time_embed_dim == 0 {
+                return Err(f.bad("addition_time_embed_dim", "must be set for text_time"));
+            }
+            if input_dim <= 6 * time_embed_dim {
+                return Err(f.bad(
+                    "projection_class_embeddings_input_dim",
+                    "must exceed 6 × addition_time_embed_dim",
+                ));
+            }
+            Some(TextTime {
+                time_embed_dim,
+                input_dim,
+            })
+        }
+        _ => None,
+    };
+    Ok(UNetExtras {
+        mid_transformer_layers: layers.last().copied().unwrap_or(1),
+        text_time,
     })
 }
 

@@ -8,8 +8,14 @@
 //!
 //! Whole SD 1.x checkpoints add the UNet (`model.diffusion_model.input_blocks.*`, `middle_block.*`,
 //! `output_blocks.*`, `time_embed.*`, `out.*`: [`unet_key_to_diffusers`], [`unet_from_ldm`]) and the OpenAI CLIP
-//! text encoder (`cond_stage_model.transformer.`, already in transformers' names: [`clip_from_ldm`]). Checked
-//! against diffusers' `from_single_file` by `tools/reference/check_ldm_checkpoint.py`.
+//! text encoder (`cond_stage_model.transformer.`, already in transformers' names: [`clip_from_ldm`]). SD 2.x
+//! checkpoints have the same UNet layout (linear transformer projections, 64-wide attention heads) and the
+//! OpenCLIP ViT-H text encoder (`cond_stage_model.model.`, with fused q/k/v projections: [`clip_from_open_clip`]);
+//! [`checkpoint_family`] tells the families apart. SDXL checkpoints (Stability's SGM layout) add the UNet's
+//! `label_emb` (diffusers' `add_embedding`: [`unet_extras_from_ldm`]) and put their two text encoders under
+//! `conditioner.embedders.0.transformer.` (OpenAI CLIP ViT-L: [`sdxl_clip_from_ldm`]) and
+//! `conditioner.embedders.1.model.` (OpenCLIP ViT-bigG with its `text_projection`: [`sdxl_clip_from_open_clip`]).
+//! Checked against diffusers' `from_single_file` by `tools/reference/check_ldm_checkpoint.py`.
 
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
@@ -17,7 +23,8 @@ use candle_transformers::models::stable_diffusion::unet_2d::{
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 
 use crate::clip::{Activation, ClipTextConfig};
-use crate::config::{UNetSpec, VaeSpec};
+use crate::config::{UNetExtras, UNetSpec, VaeSpec};
+use crate::unet::TextTime;
 use crate::weights::SafetensorsFiles;
 use crate::EngineError;
 
@@ -276,6 +283,12 @@ pub fn unet_key_to_diffusers(name: &str, layers_per_block: usize) -> Option<Stri
             ])
         }
         "out" => return fixed(&[("0", "conv_norm_out"), ("2", "conv_out")]),
+        "label_emb" => {
+            return fixed(&[
+                ("0.0", "add_embedding.linear_1"),
+                ("0.2", "add_embedding.linear_2"),
+            ])
+        }
         _ => {}
     }
     let (index, rest) = rest.split_once('.')?;
@@ -348,6 +361,8 @@ pub fn unet_key_to_ldm(
     Some(match parts.as_slice() {
         ["time_embedding", "linear_1", p] => format!("time_embed.0.{p}"),
         ["time_embedding", "linear_2", p] => format!("time_embed.2.{p}"),
+        ["add_embedding", "linear_1", p] => format!("label_emb.0.0.{p}"),
+        ["add_embedding", "linear_2", p] => format!("label_emb.0.2.{p}"),
         ["conv_norm_out", p] => format!("out.0.{p}"),
         ["conv_out", p] => format!("out.2.{p}"),
         ["conv_in", p] => format!("input_blocks.0.0.{p}"),
@@ -401,14 +416,23 @@ pub fn unet_key_to_ldm(
     })
 }
 
+/// How many attention heads each UNet block has: a checkpoint does not record it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttentionHeads {
+    /// A fixed count per block (the last entry repeats for further blocks): SD 1.x has 8 everywhere.
+    PerBlock(Vec<usize>),
+    /// Heads of this width: a block of `c` channels has `c / width` heads (SD 2.x: 64, so 5, 10, 20, 20).
+    Width(usize),
+}
+
 /// Renames an LDM checkpoint's UNet tensors (under `model.diffusion_model.`) to diffusers names, drops every
 /// other tensor, and works out the configuration from the shapes: block channels, layers per block, which
 /// blocks have cross-attention (and how many transformer layers), the cross-attention width (from
 /// `attn2.to_k`), conv or linear transformer projections. `attention_heads` is not recorded in a checkpoint
-/// (8 for SD 1.x).
+/// (8 per block for SD 1.x, 64-wide heads for SD 2.x).
 pub fn unet_from_ldm(
     files: &mut SafetensorsFiles,
-    attention_heads: &[usize],
+    attention_heads: &AttentionHeads,
 ) -> Result<UNetSpec, EngineError> {
     let invalid =
         |what: &str| EngineError::InvalidModel(format!("not an LDM UNet checkpoint: {what}"));
@@ -465,11 +489,15 @@ pub fn unet_from_ldm(
             None
         };
         let index = blocks.len();
-        let heads = attention_heads
-            .get(index)
-            .or(attention_heads.last())
-            .copied()
-            .unwrap_or(8);
+        let heads = match attention_heads {
+            AttentionHeads::PerBlock(heads) => {
+                heads.get(index).or(heads.last()).copied().unwrap_or(8)
+            }
+            AttentionHeads::Width(width) if *width > 0 && out_channels % width == 0 => {
+                out_channels / width
+            }
+            AttentionHeads::Width(_) => 0,
+        };
         if heads == 0 || out_channels % heads != 0 {
             return Err(invalid(
                 "attention heads that do not divide the block's channels",
@@ -519,24 +547,73 @@ pub fn unet_from_ldm(
     })
 }
 
+/// What an LDM checkpoint's UNet (under `model.diffusion_model.`, before [`unet_from_ldm`] renames it) holds
+/// beyond [`UNetSpec`]: the mid block's transformer depth (from its `transformer_blocks`) and SDXL's addition
+/// embedding (`label_emb.0.0`/`label_emb.0.2`, diffusers' `add_embedding`: `projection_class_embeddings_input_dim`
+/// from `label_emb.0.0.weight`'s shape, `time_embed_dim` from the caller, [`SDXL_ADDITION_TIME_EMBED_DIM`]).
+pub fn unet_extras_from_ldm(
+    files: &SafetensorsFiles,
+    time_embed_dim: usize,
+) -> Result<UNetExtras, EngineError> {
+    let has = |name: &str| files.contains(&format!("{UNET_PREFIX}{name}"));
+    let mut mid_transformer_layers = 0;
+    while has(&format!(
+        "middle_block.1.transformer_blocks.{mid_transformer_layers}.attn2.to_k.weight"
+    )) {
+        mid_transformer_layers += 1;
+    }
+    let text_time = match files.shape(&format!("{UNET_PREFIX}label_emb.0.0.weight")) {
+        None => None,
+        Some(&[_, input_dim]) if time_embed_dim > 0 && input_dim > 6 * time_embed_dim => {
+            Some(TextTime {
+                time_embed_dim,
+                input_dim,
+            })
+        }
+        Some(s) => {
+            return Err(EngineError::InvalidModel(format!(
+                "not an SDXL UNet checkpoint: label_emb.0.0.weight has shape {s:?} (expected (_, pooled + 6 × \
+                 {time_embed_dim}))"
+            )))
+        }
+    };
+    Ok(UNetExtras {
+        mid_transformer_layers: mid_transformer_layers.max(1),
+        text_time,
+    })
+}
+
 /// Strips an SD 1.x checkpoint's `cond_stage_model.transformer.` prefix (dropping every other tensor) and works
 /// out the transformers `CLIPTextConfig` from the shapes: vocabulary, width, layers, MLP width, positions; 64-wide
 /// heads and quick-GELU, as in OpenAI's CLIP ViT-L/14 text tower.
 pub fn clip_from_ldm(files: &mut SafetensorsFiles) -> Result<ClipTextConfig, EngineError> {
-    let invalid = |what: &str| {
-        EngineError::InvalidModel(format!("not an SD 1.x (OpenAI CLIP) checkpoint: {what}"))
-    };
+    clip_from_ldm_at(files, CLIP_PREFIX, "an SD 1.x (OpenAI CLIP)")
+}
+
+/// [`clip_from_ldm`] for an SDXL checkpoint's first text encoder (OpenAI CLIP ViT-L/14 under
+/// `conditioner.embedders.0.transformer.`, transformers' names): all its layers are kept.
+pub fn sdxl_clip_from_ldm(files: &mut SafetensorsFiles) -> Result<ClipTextConfig, EngineError> {
+    clip_from_ldm_at(files, SDXL_CLIP_PREFIX, "an SDXL (OpenAI CLIP)")
+}
+
+fn clip_from_ldm_at(
+    files: &mut SafetensorsFiles,
+    prefix: &str,
+    family: &str,
+) -> Result<ClipTextConfig, EngineError> {
+    let invalid =
+        |what: &str| EngineError::InvalidModel(format!("not {family} checkpoint: {what}"));
     let prefixed = files.contains(&format!(
-        "{CLIP_PREFIX}text_model.embeddings.token_embedding.weight"
+        "{prefix}text_model.embeddings.token_embedding.weight"
     ));
     let base = if prefixed {
-        format!("{CLIP_PREFIX}text_model.")
+        format!("{prefix}text_model.")
     } else {
-        CLIP_PREFIX.to_string()
+        prefix.to_string()
     };
     let shape = |name: &str| files.shape(&format!("{base}{name}")).map(<[usize]>::to_vec);
     let token = shape("embeddings.token_embedding.weight")
-        .ok_or_else(|| invalid("no cond_stage_model.transformer token embedding"))?;
+        .ok_or_else(|| invalid(&format!("no {prefix} token embedding")))?;
     let positions = shape("embeddings.position_embedding.weight")
         .ok_or_else(|| invalid("no position embedding"))?;
     let fc1 =
@@ -557,7 +634,7 @@ pub fn clip_from_ldm(files: &mut SafetensorsFiles) -> Result<ClipTextConfig, Eng
     if hidden_size % 64 != 0 {
         return Err(invalid("a width that is not a multiple of 64"));
     }
-    files.rename(|name| name.strip_prefix(CLIP_PREFIX).map(str::to_owned))?;
+    files.rename(|name| name.strip_prefix(prefix).map(str::to_owned))?;
     Ok(ClipTextConfig {
         vocab_size,
         hidden_size,
@@ -568,6 +645,272 @@ pub fn clip_from_ldm(files: &mut SafetensorsFiles) -> Result<ClipTextConfig, Eng
         hidden_act: Activation::QuickGelu,
         layer_norm_eps: 1e-5,
         projection_dim: None,
+        eos_token_id: Some(2),
+    })
+}
+
+/// The prefix an SD 2.x checkpoint puts before its OpenCLIP text encoder's tensors.
+pub const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
+
+/// The prefix an SDXL checkpoint puts before its text encoders' tensors.
+pub const SDXL_CONDITIONER_PREFIX: &str = "conditioner.embedders.";
+
+/// The prefix an SDXL checkpoint puts before its first (OpenAI CLIP ViT-L, transformers-named) text encoder.
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+
+/// The prefix an SDXL checkpoint puts before its second (OpenCLIP ViT-bigG) text encoder.
+pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
+
+/// SDXL's `addition_time_embed_dim` (a checkpoint does not record it; diffusers' conversion assumes 256).
+pub const SDXL_ADDITION_TIME_EMBED_DIM: usize = 256;
+
+/// The model family of a whole single-file checkpoint, from its text encoder's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFamily {
+    /// SD 1.x: OpenAI CLIP ViT-L/14 under `cond_stage_model.transformer.`.
+    Sd1,
+    /// SD 2.x: OpenCLIP ViT-H/14 under `cond_stage_model.model.`.
+    Sd2,
+    /// SDXL: two text encoders under `conditioner.embedders.` (OpenAI CLIP ViT-L and OpenCLIP ViT-bigG).
+    Sdxl,
+}
+
+impl CheckpointFamily {
+    /// The family's name in messages ("SD 1.x", "SD 2.x", "SDXL").
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointFamily::Sd1 => "SD 1.x",
+            CheckpointFamily::Sd2 => "SD 2.x",
+            CheckpointFamily::Sdxl => "SDXL",
+        }
+    }
+}
+
+/// Which family a whole LDM checkpoint belongs to, from where its text encoder lives (`conditioner.embedders.`:
+/// SDXL, `cond_stage_model.model.`: SD 2.x, `cond_stage_model.transformer.`: SD 1.x); a file with none of them
+/// (a bare UNet, a VAE, a diffusers weights file) is not a whole checkpoint. The UNet's cross-attention width
+/// must then agree with it (768 for SD 1.x, 1024 for SD 2.x).
+pub fn checkpoint_family(files: &SafetensorsFiles) -> Result<CheckpointFamily, EngineError> {
+    let has = |prefix: &str| files.names().any(|n| n.starts_with(prefix));
+    let family = if has(SDXL_CONDITIONER_PREFIX) {
+        CheckpointFamily::Sdxl
+    } else if has(OPEN_CLIP_PREFIX) {
+        CheckpointFamily::Sd2
+    } else if has(CLIP_PREFIX) {
+        CheckpointFamily::Sd1
+    } else {
+        return Err(EngineError::InvalidModel(format!(
+            "not a whole Stable Diffusion checkpoint: no text encoder ({CLIP_PREFIX}, {OPEN_CLIP_PREFIX} or \
+             {SDXL_CONDITIONER_PREFIX} tensors)"
+        )));
+    };
+    let expected = match family {
+        CheckpointFamily::Sd1 => 768,
+        CheckpointFamily::Sd2 => 1024,
+        CheckpointFamily::Sdxl => return Ok(family),
+    };
+    let width = files
+        .shape(&format!(
+            "{UNET_PREFIX}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+        ))
+        .and_then(|s| s.last().copied());
+    match width {
+        Some(w) if w != expected => Err(EngineError::InvalidModel(format!(
+            "an {} text encoder with a UNet of cross-attention width {w} (expected {expected})",
+            family.name()
+        ))),
+        _ => Ok(family),
+    }
+}
+
+/// The transformers name of an OpenCLIP text-encoder tensor (`cond_stage_model.model.` stripped or not), or
+/// `None` for a tensor that has none: the fused `attn.in_proj_weight`/`in_proj_bias` (split by
+/// [`clip_from_open_clip`]), `text_projection`, `logit_scale` and anything outside the text encoder.
+pub fn open_clip_key_to_diffusers(name: &str) -> Option<String> {
+    let name = name.strip_prefix(OPEN_CLIP_PREFIX).unwrap_or(name);
+    Some(match name {
+        "token_embedding.weight" => "text_model.embeddings.token_embedding.weight".into(),
+        "positional_embedding" => "text_model.embeddings.position_embedding.weight".into(),
+        "ln_final.weight" => "text_model.final_layer_norm.weight".into(),
+        "ln_final.bias" => "text_model.final_layer_norm.bias".into(),
+        _ => {
+            let rest = name.strip_prefix("transformer.resblocks.")?;
+            let (index, layer) = rest.split_once('.')?;
+            let index: usize = index.parse().ok()?;
+            let (module, p) = layer.rsplit_once('.')?;
+            let module = match module {
+                "ln_1" => "layer_norm1",
+                "ln_2" => "layer_norm2",
+                "attn.out_proj" => "self_attn.out_proj",
+                "mlp.c_fc" => "mlp.fc1",
+                "mlp.c_proj" => "mlp.fc2",
+                _ => return None,
+            };
+            if !matches!(p, "weight" | "bias") {
+                return None;
+            }
+            format!("text_model.encoder.layers.{index}.{module}.{p}")
+        }
+    })
+}
+
+/// The OpenCLIP name (without `cond_stage_model.model.`) of a transformers text-encoder tensor: the inverse of
+/// [`open_clip_key_to_diffusers`] (for writing test files; q/k/v are fused by the caller).
+pub fn open_clip_key_to_ldm(name: &str) -> Option<String> {
+    let name = name.strip_prefix("text_model.").unwrap_or(name);
+    Some(match name {
+        "embeddings.token_embedding.weight" => "token_embedding.weight".into(),
+        "embeddings.position_embedding.weight" => "positional_embedding".into(),
+        "final_layer_norm.weight" => "ln_final.weight".into(),
+        "final_layer_norm.bias" => "ln_final.bias".into(),
+        _ => {
+            let rest = name.strip_prefix("encoder.layers.")?;
+            let (index, layer) = rest.split_once('.')?;
+            let index: usize = index.parse().ok()?;
+            let (module, p) = layer.rsplit_once('.')?;
+            let module = match module {
+                "layer_norm1" => "ln_1",
+                "layer_norm2" => "ln_2",
+                "self_attn.out_proj" => "attn.out_proj",
+                "mlp.fc1" => "mlp.c_fc",
+                "mlp.fc2" => "mlp.c_proj",
+                _ => return None,
+            };
+            format!("transformer.resblocks.{index}.{module}.{p}")
+        }
+    })
+}
+
+/// Maps an SD 2.x checkpoint's OpenCLIP text encoder (`cond_stage_model.model.`) to a transformers
+/// `CLIPTextModel` (dropping every other tensor) and works out its configuration from the shapes. The fused
+/// `attn.in_proj_weight`/`in_proj_bias` are split into q, k and v (views of the file's bytes). SD 2.x
+/// conditions on the penultimate layer, so diffusers' converted encoder has 23 of ViT-H's 24 layers and ignores
+/// the last one (and `text_projection`): `max_layers` keeps at most that many (`None`: all). GELU, 64-wide
+/// heads, as in OpenCLIP.
+pub fn clip_from_open_clip(
+    files: &mut SafetensorsFiles,
+    max_layers: Option<usize>,
+) -> Result<ClipTextConfig, EngineError> {
+    open_clip_at(files, OPEN_CLIP_PREFIX, max_layers, false)
+}
+
+/// [`clip_from_open_clip`] for an SDXL checkpoint's second text encoder (OpenCLIP ViT-bigG under
+/// `conditioner.embedders.1.model.`) as a transformers `CLIPTextModelWithProjection`, as diffusers converts it:
+/// all its layers, and its `text_projection` (OpenCLIP's (width, projection) matrix, applied as `x @ P`)
+/// transposed into the `text_projection.weight` of a linear layer (read now, held in memory: width ×
+/// projection values). `projection_dim` is the projection's width.
+pub fn sdxl_clip_from_open_clip(
+    files: &mut SafetensorsFiles,
+) -> Result<ClipTextConfig, EngineError> {
+    open_clip_at(files, SDXL_OPEN_CLIP_PREFIX, None, true)
+}
+
+fn open_clip_at(
+    files: &mut SafetensorsFiles,
+    prefix: &str,
+    max_layers: Option<usize>,
+    projection: bool,
+) -> Result<ClipTextConfig, EngineError> {
+    let family = if projection { "an SDXL" } else { "an SD 2.x" };
+    let invalid = |what: &str| {
+        EngineError::InvalidModel(format!("not {family} (OpenCLIP) checkpoint: {what}"))
+    };
+    let shape = |name: &str| {
+        files
+            .shape(&format!("{prefix}{name}"))
+            .map(<[usize]>::to_vec)
+    };
+    let token = shape("token_embedding.weight")
+        .ok_or_else(|| invalid(&format!("no {prefix}token_embedding.weight")))?;
+    let positions =
+        shape("positional_embedding").ok_or_else(|| invalid("no positional_embedding"))?;
+    let fc = shape("transformer.resblocks.0.mlp.c_fc.weight")
+        .ok_or_else(|| invalid("no transformer.resblocks.0"))?;
+    let (&[vocab_size, hidden_size], Some(&max_position_embeddings), Some(&intermediate_size)) =
+        (token.as_slice(), positions.first(), fc.first())
+    else {
+        return Err(invalid("a token embedding that is not 2-d"));
+    };
+    if hidden_size == 0 || hidden_size % 64 != 0 {
+        return Err(invalid("a width that is not a multiple of 64"));
+    }
+    let mut blocks = 0;
+    while shape(&format!("transformer.resblocks.{blocks}.mlp.c_fc.weight")).is_some() {
+        blocks += 1;
+    }
+    let layers = max_layers.map_or(blocks, |m| blocks.min(m));
+    if layers == 0 {
+        return Err(invalid("no transformer layers"));
+    }
+    for i in 0..layers {
+        for (p, want) in [
+            ("weight", vec![3 * hidden_size, hidden_size]),
+            ("bias", vec![3 * hidden_size]),
+        ] {
+            let name = format!("transformer.resblocks.{i}.attn.in_proj_{p}");
+            match shape(&name) {
+                Some(s) if s == want => {}
+                Some(s) => return Err(invalid(&format!("{name} has shape {s:?}"))),
+                None => return Err(invalid(&format!("no {name}"))),
+            }
+        }
+    }
+    let projection = if projection {
+        let name = format!("{prefix}text_projection");
+        match shape("text_projection").as_deref() {
+            Some(&[w, p]) if w == hidden_size && p > 0 => {
+                let t = files.load(&name, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+                Some((p, t.t()?.contiguous()?))
+            }
+            Some(s) => return Err(invalid(&format!("text_projection has shape {s:?}"))),
+            None => return Err(invalid(&format!("no {name}"))),
+        }
+    } else {
+        None
+    };
+    let fused = |i: usize, p: &str| format!("text_model.encoder.layers.{i}.self_attn.in_proj.{p}");
+    files.rename(|name| {
+        let rest = name.strip_prefix(prefix)?;
+        if let Some(block) = rest.strip_prefix("transformer.resblocks.") {
+            let (index, layer) = block.split_once('.')?;
+            let index: usize = index.parse().ok()?;
+            if index >= layers {
+                return None;
+            }
+            match layer {
+                "attn.in_proj_weight" => return Some(fused(index, "weight")),
+                "attn.in_proj_bias" => return Some(fused(index, "bias")),
+                _ => {}
+            }
+        }
+        open_clip_key_to_diffusers(rest)
+    })?;
+    for i in 0..layers {
+        for p in ["weight", "bias"] {
+            let parts: Vec<String> = ["q_proj", "k_proj", "v_proj"]
+                .iter()
+                .map(|q| format!("text_model.encoder.layers.{i}.self_attn.{q}.{p}"))
+                .collect();
+            files.split_rows(&fused(i, p), &parts)?;
+        }
+    }
+    let projection_dim = match projection {
+        Some((p, t)) => {
+            files.set_override("text_projection.weight", t);
+            Some(p)
+        }
+        None => None,
+    };
+    Ok(ClipTextConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers: layers,
+        num_attention_heads: hidden_size / 64,
+        max_position_embeddings,
+        hidden_act: Activation::Gelu,
+        layer_norm_eps: 1e-5,
+        projection_dim,
         eos_token_id: Some(2),
     })
 }
@@ -743,5 +1086,231 @@ mod tests {
         ] {
             assert_eq!(unet_key_to_diffusers(other, 2), None, "{other}");
         }
+    }
+
+    fn write(
+        dir: &std::path::Path,
+        name: &str,
+        tensors: &[(&str, Vec<usize>)],
+    ) -> SafetensorsFiles {
+        let path = dir.join(name);
+        let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = tensors
+            .iter()
+            .map(|(n, shape)| {
+                let len = shape.iter().product();
+                (
+                    n.to_string(),
+                    shape.clone(),
+                    (0..len).map(|i| i as f32).collect(),
+                )
+            })
+            .collect();
+        crate::weights::write_f32_safetensors(&path, &tensors).expect("write");
+        SafetensorsFiles::open(&[path]).expect("open")
+    }
+
+    #[test]
+    fn families_from_text_encoder_prefixes_and_widths() {
+        let dir = tempfile::tempdir().expect("dir");
+        let to_k = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight";
+        type Case<'a> = (
+            &'a [(&'a str, Vec<usize>)],
+            Result<CheckpointFamily, &'a str>,
+        );
+        let cases: [Case<'_>; 6] = [
+            (
+                &[
+                    ("cond_stage_model.transformer.text_model.final_layer_norm.weight", vec![4]),
+                    (to_k, vec![4, 768]),
+                ],
+                Ok(CheckpointFamily::Sd1),
+            ),
+            (
+                &[
+                    ("cond_stage_model.model.ln_final.weight", vec![4]),
+                    (to_k, vec![4, 1024]),
+                ],
+                Ok(CheckpointFamily::Sd2),
+            ),
+            (
+                &[("cond_stage_model.model.ln_final.weight", vec![4])],
+                Ok(CheckpointFamily::Sd2),
+            ),
+            (
+                &[
+                    ("conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", vec![4]),
+                    ("conditioner.embedders.1.model.ln_final.weight", vec![4]),
+                ],
+                Ok(CheckpointFamily::Sdxl),
+            ),
+            (
+                &[
+                    ("cond_stage_model.model.ln_final.weight", vec![4]),
+                    (to_k, vec![4, 768]),
+                ],
+                Err("an SD 2.x text encoder with a UNet of cross-attention width 768 (expected 1024)"),
+            ),
+            (
+                &[("model.diffusion_model.out.2.weight", vec![4])],
+                Err("not a whole Stable Diffusion checkpoint"),
+            ),
+        ];
+        for (i, (tensors, want)) in cases.into_iter().enumerate() {
+            let files = write(dir.path(), &format!("{i}.safetensors"), tensors);
+            match (checkpoint_family(&files), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "case {i}"),
+                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "case {i}: {e}"),
+                (got, want) => panic!("case {i}: {got:?}, expected {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn open_clip_names_map_both_ways() {
+        let pairs = [
+            (
+                "token_embedding.weight",
+                "text_model.embeddings.token_embedding.weight",
+            ),
+            (
+                "positional_embedding",
+                "text_model.embeddings.position_embedding.weight",
+            ),
+            ("ln_final.bias", "text_model.final_layer_norm.bias"),
+            (
+                "transformer.resblocks.0.ln_1.weight",
+                "text_model.encoder.layers.0.layer_norm1.weight",
+            ),
+            (
+                "transformer.resblocks.22.ln_2.bias",
+                "text_model.encoder.layers.22.layer_norm2.bias",
+            ),
+            (
+                "transformer.resblocks.3.attn.out_proj.weight",
+                "text_model.encoder.layers.3.self_attn.out_proj.weight",
+            ),
+            (
+                "transformer.resblocks.3.mlp.c_fc.bias",
+                "text_model.encoder.layers.3.mlp.fc1.bias",
+            ),
+            (
+                "transformer.resblocks.3.mlp.c_proj.weight",
+                "text_model.encoder.layers.3.mlp.fc2.weight",
+            ),
+        ];
+        for (ldm, diffusers) in pairs {
+            assert_eq!(
+                open_clip_key_to_diffusers(&format!("{OPEN_CLIP_PREFIX}{ldm}")).as_deref(),
+                Some(diffusers),
+                "{ldm}"
+            );
+            assert_eq!(
+                open_clip_key_to_ldm(diffusers).as_deref(),
+                Some(ldm),
+                "{diffusers}"
+            );
+        }
+        for other in [
+            "text_projection",
+            "logit_scale",
+            "transformer.resblocks.0.attn.in_proj_weight",
+            "transformer.resblocks.x.ln_1.weight",
+            "visual.proj",
+        ] {
+            assert_eq!(open_clip_key_to_diffusers(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn open_clip_layers_split_qkv_and_drop_the_last() {
+        let dir = tempfile::tempdir().expect("dir");
+        let h = 64;
+        let p = |name: &str| format!("{OPEN_CLIP_PREFIX}{name}");
+        let mut tensors = vec![
+            (p("token_embedding.weight"), vec![10, h]),
+            (p("positional_embedding"), vec![77, h]),
+            (p("ln_final.weight"), vec![h]),
+            (p("ln_final.bias"), vec![h]),
+            (p("text_projection"), vec![h, h]),
+            (p("logit_scale"), vec![]),
+            ("model.diffusion_model.out.2.weight".to_string(), vec![4]),
+        ];
+        for i in 0..3 {
+            let r = |n: &str| p(&format!("transformer.resblocks.{i}.{n}"));
+            tensors.extend([
+                (r("ln_1.weight"), vec![h]),
+                (r("ln_1.bias"), vec![h]),
+                (r("attn.in_proj_weight"), vec![3 * h, h]),
+                (r("attn.in_proj_bias"), vec![3 * h]),
+                (r("attn.out_proj.weight"), vec![h, h]),
+                (r("attn.out_proj.bias"), vec![h]),
+                (r("ln_2.weight"), vec![h]),
+                (r("ln_2.bias"), vec![h]),
+                (r("mlp.c_fc.weight"), vec![4 * h, h]),
+                (r("mlp.c_fc.bias"), vec![4 * h]),
+                (r("mlp.c_proj.weight"), vec![h, 4 * h]),
+                (r("mlp.c_proj.bias"), vec![h]),
+            ]);
+        }
+        let refs: Vec<(&str, Vec<usize>)> = tensors
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.clone()))
+            .collect();
+        let mut files = write(dir.path(), "clip.safetensors", &refs);
+        let config = clip_from_open_clip(&mut files, Some(2)).expect("config");
+        assert_eq!(
+            (
+                config.vocab_size,
+                config.hidden_size,
+                config.intermediate_size,
+                config.num_hidden_layers,
+                config.num_attention_heads,
+                config.max_position_embeddings,
+                config.hidden_act
+            ),
+            (10, h, 4 * h, 2, 1, 77, Activation::Gelu)
+        );
+        let mut names: Vec<&str> = files.names().collect();
+        names.sort_unstable();
+        assert_eq!(names.len(), 4 + 2 * 16, "{names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with("text_model.")),
+            "{names:?}"
+        );
+        assert!(!names.iter().any(|n| n.contains("layers.2.")), "{names:?}");
+        // q, k and v are the fused tensor's thirds (its values count up from 0).
+        let cpu = candle_core::Device::Cpu;
+        for (k, proj) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+            let w = files
+                .load(
+                    &format!("text_model.encoder.layers.1.self_attn.{proj}.weight"),
+                    candle_core::DType::F32,
+                    &cpu,
+                )
+                .expect("weight");
+            assert_eq!(w.dims(), &[h, h]);
+            let first = w
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("values")[0];
+            assert_eq!(first, (k * h * h) as f32, "{proj}");
+            let b = files
+                .load(
+                    &format!("text_model.encoder.layers.0.self_attn.{proj}.bias"),
+                    candle_core::DType::F32,
+                    &cpu,
+                )
+                .and_then(|t| Ok(t.to_vec1::<f32>()?))
+                .expect("bias");
+            assert_eq!(b[0], (k * h) as f32, "{proj}");
+        }
+        // Without a limit every layer is kept.
+        let mut files = write(dir.path(), "clip2.safetensors", &refs);
+        assert_eq!(
+            clip_from_open_clip(&mut files, None)
+                .expect("config")
+                .num_hidden_layers,
+            3
+        );
     }
 }

@@ -5,29 +5,38 @@
 //! - [`schedulers`]: diffusers-compatible noise schedulers with InvokeAI's per-name overrides (§10.3, §10.6).
 //! - [`tokenizer`] and [`clip`]: our CLIP BPE tokenizer and text transformer (§10.2).
 //! - [`prompt`]: compel's prompt syntax (`word+`, `(phrase)1.3`, `.blend()`, `.and()`) and weighting (§10.2).
-//! - [`pipeline`]: SD 1.x/2.x on candle — [`pipeline::Sd`] loads a diffusers folder and runs prompt encoding,
+//! - [`pipeline`]: SD 1.x/2.x/XL on candle — [`pipeline::Sd`] loads a diffusers folder and runs prompt encoding,
 //!   the denoising loop, VAE decode and encode with InvokeAI's semantics (§10.3–§10.5); [`pipeline::Vae`] is
 //!   the VAE on its own (a model's `vae/` folder, a separate VAE folder or an LDM checkpoint).
 //! - [`ldm`]: single-file (original LDM layout) checkpoints: the tensor names and configurations of the VAE,
-//!   the UNet and the SD 1.x CLIP text encoder.
+//!   the UNet, the SD 1.x CLIP and SD 2.x OpenCLIP text encoders, and which family a checkpoint is.
+//! - [`convert`]: single-file LDM checkpoints written out as diffusers folders (the model manager's conversion).
 //! - [`lora`]: LoRA files (kohya and diffusers/PEFT names) merged into the UNet and text encoder at load.
 //! - [`tiny`]: random-weight tiny models in diffusers layout, for tests and benchmarks.
+//! - [`tiny_sdxl`]: the same for SDXL (two text encoders, the UNet's addition embedding).
+//! - [`unet`]: our UNet (forked from candle's) for SD 1.x, 2.x and XL, with SDXL's addition embedding.
 //!
 //! The crate never downloads anything and never prints; it reads model files when asked to load them. Errors
 //! are [`EngineError`]. CPU f32 is the default; the `cuda` feature forwards to candle's CUDA back end.
 
 pub mod clip;
 pub mod config;
+pub mod convert;
 mod error;
 pub mod ldm;
 pub mod lora;
 pub mod noise;
+pub mod ops;
 pub mod pipeline;
 pub mod prompt;
 pub mod schedulers;
 pub mod tiny;
+pub mod tiny_sdxl;
 pub mod tokenizer;
+pub mod unet;
+pub mod vae;
 pub mod weights;
 
 pub use candle_core as candle;
 pub use error::EngineError;
+pub use pipeline::{SdxlAdded, SdxlConditioning};

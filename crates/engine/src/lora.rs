@@ -1,5 +1,6 @@
-//! LoRA for SD 1.x/2.x: parsing a LoRA safetensors file into low-rank factors per target layer, and merging
-//! them into the UNet's and text encoder's weights when those are loaded (spec `generation.md` §8 `lora_loader`).
+//! LoRA for SD 1.x/2.x and SDXL: parsing a LoRA safetensors file into low-rank factors per target layer, and
+//! merging them into the UNet's and text encoders' weights when those are loaded (spec `generation.md` §8
+//! `lora_loader`, `sdxl_lora_loader`).
 //!
 //! As InvokeAI does, each matched weight becomes `W + weight · (alpha / rank) · up @ down` (computed in f32;
 //! without an `.alpha` tensor the scale is 1). Conv LoRAs flatten `down` (`[rank, in, kh, kw]`) and `up`
@@ -7,14 +8,24 @@
 //!
 //! Key names understood:
 //! - kohya, diffusers-named: `lora_unet_<module with _>.lora_down.weight` / `.lora_up.weight` / `.alpha`, and
-//!   `lora_te_text_model_encoder_layers_0_self_attn_q_proj...` for the text encoder. The flattened module name
-//!   is resolved against the model's own parameter names (InvokeAI's rule).
+//!   `lora_te_text_model_encoder_layers_0_self_attn_q_proj...` for the text encoder; SDXL's
+//!   `lora_te1_...` (the first text encoder, as `lora_te_`) and `lora_te2_...` (`text_encoder_2`). The
+//!   flattened module name is resolved against the model's own parameter names (InvokeAI's rule).
+//! - kohya, LDM-named UNet keys (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`,
+//!   `lora_unet_middle_block_1_...`, `lora_unet_output_blocks_...`, `lora_unet_input_blocks_1_0_in_layers_2`):
+//!   on an SDXL UNet (one with the `text_time` addition embedding) they are first renamed to diffusers names
+//!   with SDXL's fixed block map, as InvokeAI's `convert_sdxl_keys_to_diffusers_format` does for SDXL LoRAs.
+//!   On SD 1.x/2.x they match nothing and are skipped (InvokeAI converts no keys for those bases).
 //! - diffusers/PEFT: `unet.<module>.lora_A.weight` / `.lora_B.weight` (or `.lora.down.weight` /
-//!   `.lora.up.weight`, `.lora_down.weight` / `.lora_up.weight`), `text_encoder.<module>...`.
+//!   `.lora.up.weight`, `.lora_down.weight` / `.lora_up.weight`), `text_encoder.<module>...`,
+//!   `text_encoder_2.<module>...`.
 //!
-//! Layers that match no module of the model (for example LDM-named kohya keys, `lora_unet_input_blocks_...`,
-//! or SDXL's `lora_te1_`/`lora_te2_` keys) are skipped with a warning, as InvokeAI skips them. Other LyCORIS
+//! Layers that match no module of the model are skipped with a warning, as InvokeAI skips them. Other LyCORIS
 //! layer types (LoHa, LoKr, `lora_mid`, DoRA) are refused with a clear error rather than applied wrongly.
+//!
+//! Unlike InvokeAI, which patches SD 1.x/2.x text encoders from `lora_te_` keys only and SDXL's first one from
+//! `lora_te1_` keys only, both prefixes patch [`LoraTarget::TextEncoder`] whatever the model (a LoRA's base is
+//! checked against the model's before it gets here).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -31,6 +42,8 @@ pub enum LoraTarget {
     Unet,
     /// The (first) CLIP text encoder.
     TextEncoder,
+    /// SDXL's second text encoder (`text_encoder_2`).
+    TextEncoder2,
 }
 
 /// How a layer's module is named in the file.
@@ -85,9 +98,11 @@ struct Partial {
 /// Splits a tensor name into (target, module key, part) where part is `up`, `down` or `alpha`. `Ok(None)` for
 /// names that are not LoRA layers of a target we know; an error for known layers of an unsupported type.
 fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, &'static str)>, EngineError> {
-    const KOHYA: [(&str, LoraTarget); 2] = [
+    const KOHYA: [(&str, LoraTarget); 4] = [
         ("lora_unet_", LoraTarget::Unet),
         ("lora_te_", LoraTarget::TextEncoder),
+        ("lora_te1_", LoraTarget::TextEncoder),
+        ("lora_te2_", LoraTarget::TextEncoder2),
     ];
     for (prefix, target) in KOHYA {
         if let Some(rest) = name.strip_prefix(prefix) {
@@ -106,15 +121,18 @@ fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, &'static str)>,
                 }
             };
             let stem = match target {
-                LoraTarget::TextEncoder => stem.strip_prefix("text_model_").unwrap_or(stem),
+                LoraTarget::TextEncoder | LoraTarget::TextEncoder2 => {
+                    stem.strip_prefix("text_model_").unwrap_or(stem)
+                }
                 LoraTarget::Unet => stem,
             };
             return Ok(Some((target, ModuleKey::Flattened(stem.to_string()), part)));
         }
     }
-    const PEFT: [(&str, LoraTarget); 2] = [
+    const PEFT: [(&str, LoraTarget); 3] = [
         ("unet.", LoraTarget::Unet),
         ("text_encoder.", LoraTarget::TextEncoder),
+        ("text_encoder_2.", LoraTarget::TextEncoder2),
     ];
     const SUFFIXES: [(&str, &str); 7] = [
         (".lora_A.weight", "down"),
@@ -130,7 +148,7 @@ fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, &'static str)>,
             for (suffix, part) in SUFFIXES {
                 if let Some(module) = rest.strip_suffix(suffix) {
                     let module = match target {
-                        LoraTarget::TextEncoder => {
+                        LoraTarget::TextEncoder | LoraTarget::TextEncoder2 => {
                             module.strip_prefix("text_model.").unwrap_or(module)
                         }
                         LoraTarget::Unet => module,
@@ -217,13 +235,13 @@ impl Lora {
         }
         if layers.is_empty() {
             return Err(in_file(
-                "no LoRA layers for an SD 1.x/2.x UNet or text encoder".into(),
+                "no LoRA layers for an SD 1.x/2.x/XL UNet or text encoder".into(),
             ));
         }
         Ok(Self { layers, ignored })
     }
 
-    /// The number of layers (UNet and text encoder).
+    /// The number of layers (UNet and text encoders).
     pub fn len(&self) -> usize {
         self.layers.len()
     }
@@ -244,14 +262,16 @@ impl Lora {
     }
 }
 
-/// LoRAs with their weights, for the UNet and the text encoder separately (InvokeAI patches each submodel from
-/// its own field's list).
+/// LoRAs with their weights, for the UNet and each text encoder separately (InvokeAI patches each submodel from
+/// its own field's list: SDXL's CLIP 1 from the `clip` field, CLIP 2 from `clip2`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoraSelection<'a> {
     /// LoRAs merged into the UNet.
     pub unet: &'a [(&'a Lora, f32)],
-    /// LoRAs merged into the text encoder.
+    /// LoRAs merged into the (first) text encoder.
     pub text_encoder: &'a [(&'a Lora, f32)],
+    /// LoRAs merged into SDXL's second text encoder (ignored for SD 1.x/2.x models).
+    pub text_encoder_2: &'a [(&'a Lora, f32)],
 }
 
 impl LoraSelection<'_> {
@@ -259,12 +279,15 @@ impl LoraSelection<'_> {
     pub const NONE: LoraSelection<'static> = LoraSelection {
         unet: &[],
         text_encoder: &[],
+        text_encoder_2: &[],
     };
 }
 
 /// Adds the LoRAs' deltas for `target` to `files` (whose names are the component's diffusers names; a text
 /// encoder's may or may not carry the `text_model.` prefix). Weights of exactly 0 are skipped, so weight 0
-/// gives the unpatched model bit for bit. Returns how many layers were applied.
+/// gives the unpatched model bit for bit. When `files` are an SDXL UNet's (they have
+/// `add_embedding.linear_1.weight`, the `text_time` addition embedding), LDM-named kohya keys are renamed with
+/// [`sdxl_ldm_to_diffusers`] first. Returns how many layers were applied.
 pub fn apply_loras(
     files: &mut SafetensorsFiles,
     target: LoraTarget,
@@ -281,12 +304,15 @@ pub fn apply_loras(
             continue;
         };
         let module = match target {
-            LoraTarget::TextEncoder => module.strip_prefix("text_model.").unwrap_or(module),
+            LoraTarget::TextEncoder | LoraTarget::TextEncoder2 => {
+                module.strip_prefix("text_model.").unwrap_or(module)
+            }
             LoraTarget::Unet => module,
         };
         dotted.insert(module.to_string(), name.to_string());
         flattened.insert(module.replace('.', "_"), name.to_string());
     }
+    let sdxl_unet = target == LoraTarget::Unet && files.contains("add_embedding.linear_1.weight");
     let mut applied = 0;
     let mut deltas: HashMap<String, Tensor> = HashMap::new();
     for (lora, weight) in loras {
@@ -299,6 +325,9 @@ pub fn apply_loras(
             }
             let found = match key {
                 ModuleKey::Dotted(k) => dotted.get(k),
+                ModuleKey::Flattened(k) if sdxl_unet => {
+                    flattened.get(sdxl_ldm_to_diffusers(k).as_deref().unwrap_or(k))
+                }
                 ModuleKey::Flattened(k) => flattened.get(k),
             };
             let Some(name) = found else {
@@ -327,4 +356,116 @@ pub fn apply_loras(
         files.add_delta(&name, delta)?;
     }
     Ok(applied)
+}
+
+/// SDXL's LDM (Stability AI) UNet module prefixes and their diffusers names, dots as underscores: kohya's
+/// table, which InvokeAI's `convert_sdxl_keys_to_diffusers_format` uses (3 levels of 2 resnets down and 3 up,
+/// no attention in the first level down and the last up; a fixed map, whatever the UNet's actual depth).
+fn sdxl_unet_map() -> &'static [(String, String)] {
+    static MAP: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    MAP.get_or_init(|| {
+        let mut blocks: Vec<(String, String)> = Vec::new();
+        for i in 0..3 {
+            for j in 0..2 {
+                let n = 3 * i + j + 1;
+                blocks.push((
+                    format!("input_blocks.{n}.0."),
+                    format!("down_blocks.{i}.resnets.{j}."),
+                ));
+                blocks.push((
+                    format!("input_blocks.{n}.1."),
+                    format!("down_blocks.{i}.attentions.{j}."),
+                ));
+            }
+            for j in 0..3 {
+                let n = 3 * i + j;
+                blocks.push((
+                    format!("output_blocks.{n}.0."),
+                    format!("up_blocks.{i}.resnets.{j}."),
+                ));
+                blocks.push((
+                    format!("output_blocks.{n}.1."),
+                    format!("up_blocks.{i}.attentions.{j}."),
+                ));
+            }
+            blocks.push((
+                format!("input_blocks.{}.0.op.", 3 * (i + 1)),
+                format!("down_blocks.{i}.downsamplers.0.conv."),
+            ));
+            blocks.push((
+                format!("output_blocks.{}.2.", 3 * i + 2),
+                format!("up_blocks.{i}.upsamplers.0."),
+            ));
+        }
+        blocks.push(("middle_block.1.".into(), "mid_block.attentions.0.".into()));
+        for j in 0..2 {
+            blocks.push((
+                format!("middle_block.{}.", 2 * j),
+                format!("mid_block.resnets.{j}."),
+            ));
+        }
+        const RESNET: [(&str, &str); 6] = [
+            ("in_layers.0.", "norm1."),
+            ("in_layers.2.", "conv1."),
+            ("out_layers.0.", "norm2."),
+            ("out_layers.3.", "conv2."),
+            ("emb_layers.1.", "time_emb_proj."),
+            ("skip_connection.", "conv_shortcut."),
+        ];
+        let mut map = Vec::new();
+        for (ldm, diffusers) in blocks {
+            if diffusers.contains("resnets") {
+                for (l, d) in RESNET {
+                    map.push((format!("{ldm}{l}"), format!("{diffusers}{d}")));
+                }
+            } else {
+                map.push((ldm, diffusers));
+            }
+        }
+        for j in 0..2 {
+            map.push((
+                format!("time_embed.{}.", 2 * j),
+                format!("time_embedding.linear_{}.", j + 1),
+            ));
+            map.push((
+                format!("label_emb.0.{}.", 2 * j),
+                format!("add_embedding.linear_{}.", j + 1),
+            ));
+        }
+        map.push(("input_blocks.0.0.".into(), "conv_in.".into()));
+        map.push(("out.0.".into(), "conv_norm_out.".into()));
+        map.push(("out.2.".into(), "conv_out.".into()));
+        let flat = |s: &str| s.trim_end_matches('.').replace('.', "_");
+        let mut map: Vec<(String, String)> = map.iter().map(|(l, d)| (flat(l), flat(d))).collect();
+        // Longest prefixes first, so that `input_blocks_1_0_in_layers_2` wins over shorter entries.
+        map.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        map
+    })
+}
+
+/// The diffusers name (dots as underscores) of an SDXL UNet module given by its flattened LDM name (as in a
+/// kohya key after `lora_unet_`, e.g. `input_blocks_4_1_transformer_blocks_0_attn1_to_q` →
+/// `down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q`), or `None` when it is not LDM-named.
+pub fn sdxl_ldm_to_diffusers(flattened: &str) -> Option<String> {
+    sdxl_unet_map().iter().find_map(|(ldm, diffusers)| {
+        let rest = flattened.strip_prefix(ldm.as_str())?;
+        (rest.is_empty() || rest.starts_with('_')).then(|| format!("{diffusers}{rest}"))
+    })
+}
+
+/// The inverse of [`sdxl_ldm_to_diffusers`]: the flattened LDM name of an SDXL UNet module given by its dotted
+/// diffusers name (`down_blocks.1.attentions.0.proj_in` → `input_blocks_4_1_proj_in`), or `None` when SDXL's
+/// map has no entry for it. For writing kohya-style test LoRAs.
+pub fn sdxl_diffusers_to_ldm(dotted: &str) -> Option<String> {
+    let flattened = dotted.replace('.', "_");
+    let mut best: Option<(&String, &String)> = None;
+    for (ldm, diffusers) in sdxl_unet_map() {
+        let matches = flattened
+            .strip_prefix(diffusers.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'));
+        if matches && best.is_none_or(|(_, d)| diffusers.len() > d.len()) {
+            best = Some((ldm, diffusers));
+        }
+    }
+    best.map(|(ldm, diffusers)| format!("{ldm}{}", &flattened[diffusers.len()..]))
 }

@@ -1,5 +1,5 @@
-//! The SD 1.x / 2.x pipeline on candle: prompt encoding (§10.2), the denoising loop (§10.3), VAE decode (§10.4)
-//! and encode (§10.5), with InvokeAI's semantics rather than diffusers' pipelines'.
+//! The SD 1.x / 2.x / XL pipeline on candle: prompt encoding (§10.2), the denoising loop (§10.3), VAE decode
+//! (§10.4) and encode (§10.5), with InvokeAI's semantics rather than diffusers' pipelines'.
 //!
 //! Latents cross this API as candle [`Tensor`]s of shape (1, 4, H/8, W/8) in f32 on the CPU;
 //! [`latents_from_vec`] and [`latents_to_vec`] convert from and to the plain row-major buffers the server
@@ -9,15 +9,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
-use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
 use crate::clip::ClipTextTransformer;
-use crate::config::{scheduler_config, unet_spec, vae_spec, UNetSpec, VaeSpec};
+use crate::config::{scheduler_config, unet_extras, unet_spec, vae_spec, UNetSpec, VaeSpec};
+use crate::ldm::{AttentionHeads, CheckpointFamily};
 use crate::lora::{apply_loras, Lora, LoraSelection, LoraTarget};
 use crate::noise::{stochastic_seed, TorchGenerator};
 use crate::schedulers::{by_name, slice_timesteps, PredictionType, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
+use crate::unet::UNet2DConditionModel;
+use crate::vae::AutoEncoderKL;
 use crate::weights::{component_files, SafetensorsFiles};
 use crate::EngineError;
 
@@ -87,13 +88,52 @@ pub struct DenoiseRequest {
     pub denoising_end: f64,
     /// The seed (the noise's seed); stochastic schedulers draw from `seed ^ 0xFFFFFFFF`.
     pub seed: u32,
+    /// SDXL's added conditioning: required for an SDXL model, `None` for SD 1.x/2.x.
+    pub sdxl: Option<SdxlAdded>,
+}
+
+/// SDXL's added conditioning of one `denoise_latents` call: the pooled text embeddings and the time ids
+/// `[original_h, original_w, crop_top, crop_left, target_h, target_w]` of each side.
+#[derive(Debug, Clone)]
+pub struct SdxlAdded {
+    /// Pooled embedding of the positive prompt (1, pooled_dim).
+    pub positive_pooled: Tensor,
+    /// Pooled embedding of the negative prompt (1, pooled_dim).
+    pub negative_pooled: Tensor,
+    /// Time ids of the positive side.
+    pub positive_time_ids: [f64; 6],
+    /// Time ids of the negative side.
+    pub negative_time_ids: [f64; 6],
+}
+
+/// An SDXL prompt's conditioning ([`Sd::encode_prompt_sdxl`]).
+#[derive(Debug, Clone)]
+pub struct SdxlConditioning {
+    /// Both encoders' penultimate hidden states side by side: (1, 77·k, dim1 + dim2), f32.
+    pub embeds: Tensor,
+    /// The second encoder's pooled, projected embedding: (1, pooled_dim), f32.
+    pub pooled: Tensor,
+}
+
+/// A text encoder with its tokenizer.
+type TokenizedEncoder = (ClipTokenizer, ClipTextTransformer);
+
+/// SDXL's second text encoder (`CLIPTextModelWithProjection`) with its tokenizer.
+struct SecondEncoder {
+    tokenizer: ClipTokenizer,
+    encoder: ClipTextTransformer,
 }
 
 /// What a single-file checkpoint does not record, by model family ([`Sd::load_checkpoint`]).
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
-    /// Attention heads per UNet block (the last entry repeats for further blocks).
-    pub attention_heads: Vec<usize>,
+    /// The family the checkpoint must be ([`crate::ldm::checkpoint_family`]); another is an error.
+    pub family: CheckpointFamily,
+    /// Attention heads per UNet block.
+    pub attention_heads: AttentionHeads,
+    /// At most this many text-encoder layers are loaded (SD 2.x: 23 of OpenCLIP's 24, as diffusers converts
+    /// them: SD 2.x conditions on the penultimate layer); `None`: all of them.
+    pub text_encoder_layers: Option<usize>,
     /// The family's standard scheduler configuration (with its prediction type).
     pub scheduler: SchedulerConfig,
     /// The VAE's latent scaling factor.
@@ -104,17 +144,60 @@ impl CheckpointConfig {
     /// SD 1.x: 8 heads in every block, `SchedulerConfig::sd15()` (ε-prediction), scaling factor 0.18215.
     pub fn sd1() -> Self {
         Self {
-            attention_heads: vec![8],
+            family: CheckpointFamily::Sd1,
+            attention_heads: AttentionHeads::PerBlock(vec![8]),
+            text_encoder_layers: None,
             scheduler: SchedulerConfig::sd15(),
             vae_scaling_factor: 0.18215,
         }
     }
+
+    /// SD 2.x base (512 px, ε-prediction: `stable-diffusion-2-1-base`'s scheduler): 64-wide attention heads,
+    /// 23 text-encoder layers, scaling factor 0.18215.
+    pub fn sd2() -> Self {
+        Self {
+            family: CheckpointFamily::Sd2,
+            attention_heads: AttentionHeads::Width(64),
+            text_encoder_layers: Some(23),
+            scheduler: SchedulerConfig::sd15(),
+            vae_scaling_factor: 0.18215,
+        }
+    }
+
+    /// SD 2.x 768-v: as [`CheckpointConfig::sd2`] with v-prediction (`SchedulerConfig::sd2_v()`).
+    pub fn sd2_v() -> Self {
+        Self {
+            scheduler: SchedulerConfig::sd2_v(),
+            ..Self::sd2()
+        }
+    }
+
+    /// SDXL (base): 64-wide attention heads, both text encoders whole, `SchedulerConfig::sdxl()` (ε-prediction,
+    /// `leading` spacing), scaling factor 0.13025; the UNet's `addition_time_embed_dim` is 256
+    /// ([`crate::ldm::SDXL_ADDITION_TIME_EMBED_DIM`]).
+    pub fn sdxl() -> Self {
+        Self {
+            family: CheckpointFamily::Sdxl,
+            attention_heads: AttentionHeads::Width(64),
+            text_encoder_layers: None,
+            scheduler: SchedulerConfig::sdxl(),
+            vae_scaling_factor: 0.13025,
+        }
+    }
+
+    /// This configuration with another prediction type (a model record's, which a checkpoint cannot tell).
+    pub fn with_prediction_type(mut self, prediction_type: PredictionType) -> Self {
+        self.scheduler.prediction_type = prediction_type;
+        self
+    }
 }
 
-/// A loaded SD 1.x / 2.x model: tokenizer, text encoder, UNet, VAE and scheduler configuration.
+/// A loaded SD 1.x / 2.x / XL model: tokenizer, text encoder (SDXL: and the second tokenizer and text encoder),
+/// UNet, VAE and scheduler configuration.
 pub struct Sd {
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextTransformer,
+    text_encoder_2: Option<SecondEncoder>,
     unet: UNet2DConditionModel,
     unet_spec: UNetSpec,
     vae: Vae,
@@ -152,6 +235,7 @@ pub fn load_unet_with_loras(
 ) -> Result<(UNet2DConditionModel, UNetSpec), EngineError> {
     check_dir(dir)?;
     let spec = unet_spec(&dir.join("config.json"))?;
+    let extras = unet_extras(&dir.join("config.json"))?;
     let mut files = SafetensorsFiles::open(&component_files(
         dir,
         &["diffusion_pytorch_model", "model"],
@@ -162,8 +246,9 @@ pub fn load_unet_with_loras(
         vb,
         spec.in_channels,
         spec.out_channels,
-        false,
-        spec.config.clone(),
+        &spec.config,
+        Some(extras.mid_transformer_layers),
+        extras.text_time,
     )
     .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", dir.display())))?;
     Ok((unet, spec))
@@ -358,6 +443,17 @@ impl Vae {
     /// `i2l` (§10.5): resize to the largest multiple of 8 (Lanczos) when needed, scale to [−1, 1], encode, and
     /// return the distribution's mean × scaling_factor: (1, 4, H/8, W/8) f32.
     pub fn encode(&self, image: &image::RgbImage) -> Result<Tensor, EngineError> {
+        self.encode_compensated(image, 1.0, 0.0)
+    }
+
+    /// [`Vae::encode`] with InvokeAI's colour compensation: the image, scaled to [-1, 1], becomes
+    /// `x · scale + bias` before encoding (`i2l`'s `color_compensation: "SDXL"` is 1.015 and -0.002).
+    pub fn encode_compensated(
+        &self,
+        image: &image::RgbImage,
+        scale: f32,
+        bias: f32,
+    ) -> Result<Tensor, EngineError> {
         let _span = tracing::debug_span!("vae_encode").entered();
         let (w, h) = (image.width() / 8 * 8, image.height() / 8 * 8);
         if w == 0 || h == 0 {
@@ -377,7 +473,7 @@ impl Vae {
         let data: Vec<f32> = image
             .as_raw()
             .iter()
-            .map(|&v| f32::from(v) / 255.0 * 2.0 - 1.0)
+            .map(|&v| (f32::from(v) / 255.0 * 2.0 - 1.0) * scale + bias)
             .collect();
         let x = Tensor::from_vec(data, (1, h as usize, w as usize, 3), &Device::Cpu)?
             .permute((0, 3, 1, 2))?
@@ -441,12 +537,14 @@ fn std_chw(t: &Tensor) -> Result<f64, EngineError> {
 }
 
 impl Sd {
-    /// Loads a diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`).
+    /// Loads a diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`; SDXL also
+    /// `text_encoder_2/` and `tokenizer_2/`).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, EngineError> {
         Self::load_with_loras(dir, device, dtype, LoraSelection::NONE)
     }
 
-    /// [`Sd::load`] with LoRAs merged into the UNet's and the text encoder's weights ([`crate::lora`]).
+    /// [`Sd::load`] with LoRAs merged into the UNet's and the text encoders' weights ([`crate::lora`]);
+    /// `loras.text_encoder_2` is for SDXL's second text encoder and ignored for SD 1.x/2.x.
     pub fn load_with_loras(
         dir: &Path,
         device: &Device,
@@ -455,6 +553,9 @@ impl Sd {
     ) -> Result<Self, EngineError> {
         check_dir(dir)?;
         let _span = tracing::info_span!("sd_load", path = %dir.display()).entered();
+        if dir.join("text_encoder_2").is_dir() {
+            return Self::load_sdxl(dir, device, dtype, loras);
+        }
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
         let text_dir = dir.join("text_encoder");
         let text_config = crate::clip::ClipTextConfig::from_file(&text_dir.join("config.json"))?;
@@ -476,12 +577,15 @@ impl Sd {
         )
     }
 
-    /// Loads an SD 1.x single-file checkpoint in the original LDM layout (`.safetensors`: the UNet under
-    /// `model.diffusion_model.`, the VAE under `first_stage_model.`, the OpenAI CLIP text encoder under
-    /// `cond_stage_model.transformer.`). The tensor names are mapped to diffusers' ([`crate::ldm`]), the
-    /// configurations follow from the shapes, and what a checkpoint does not record (attention heads, the
-    /// scheduler, the VAE's scaling factor) comes from `config`. The tokenizer is the bundled OpenAI CLIP one
-    /// ([`ClipTokenizer::openai_clip`]). Runs exactly as the same weights in a diffusers folder.
+    /// Loads an SD 1.x, 2.x or XL single-file checkpoint in the original LDM layout (`.safetensors`: the UNet
+    /// under `model.diffusion_model.`, the VAE under `first_stage_model.`, the text encoder under
+    /// `cond_stage_model.transformer.` (SD 1.x, OpenAI CLIP) or `cond_stage_model.model.` (SD 2.x, OpenCLIP);
+    /// SDXL's two under `conditioner.embedders.0.transformer.` and `conditioner.embedders.1.model.`).
+    /// The tensor names are mapped to diffusers' ([`crate::ldm`]), the configurations follow from the shapes,
+    /// and what a checkpoint does not record (attention heads, text-encoder depth, the scheduler and its
+    /// prediction type, the VAE's scaling factor) comes from `config`, whose family must be the file's. The
+    /// tokenizer is the bundled CLIP one ([`ClipTokenizer::openai_clip`], or [`ClipTokenizer::open_clip`]'s `!`
+    /// padding for SD 2.x and SDXL's second encoder). Runs exactly as the same weights in a diffusers folder.
     pub fn load_checkpoint(
         file: &Path,
         config: &CheckpointConfig,
@@ -491,7 +595,8 @@ impl Sd {
         Self::load_checkpoint_with_loras(file, config, device, dtype, LoraSelection::NONE)
     }
 
-    /// [`Sd::load_checkpoint`] with LoRAs merged into the UNet's and the text encoder's weights.
+    /// [`Sd::load_checkpoint`] with LoRAs merged into the UNet's and the text encoders' weights
+    /// (`loras.text_encoder_2`: SDXL's second encoder).
     pub fn load_checkpoint_with_loras(
         file: &Path,
         config: &CheckpointConfig,
@@ -513,20 +618,32 @@ impl Sd {
             other => other,
         };
         let mut text_files = SafetensorsFiles::open(&[file])?;
-        if !text_files
-            .names()
-            .any(|n| n.starts_with(crate::ldm::CLIP_PREFIX))
-            && text_files
-                .names()
-                .any(|n| n.starts_with("cond_stage_model.model."))
-        {
+        let family = crate::ldm::checkpoint_family(&text_files).map_err(in_file)?;
+        if family != config.family {
             return Err(EngineError::InvalidModel(format!(
-                "{}: an SD 2.x checkpoint (OpenCLIP text encoder): single-file SD 2.x models are not \
-                 supported yet",
-                file.display()
+                "{}: an {} checkpoint, loaded as an {} model",
+                file.display(),
+                family.name(),
+                config.family.name()
             )));
         }
-        let clip_config = crate::ldm::clip_from_ldm(&mut text_files).map_err(in_file)?;
+        if family == CheckpointFamily::Sdxl {
+            return Self::load_sdxl_checkpoint(file, text_files, config, device, dtype, loras);
+        }
+        let (clip_config, tokenizer) = match family {
+            CheckpointFamily::Sd2 => (
+                crate::ldm::clip_from_open_clip(&mut text_files, config.text_encoder_layers)
+                    .map_err(in_file)?,
+                ClipTokenizer::open_clip()?,
+            ),
+            _ => {
+                let mut clip = crate::ldm::clip_from_ldm(&mut text_files).map_err(in_file)?;
+                if let Some(max) = config.text_encoder_layers {
+                    clip.num_hidden_layers = clip.num_hidden_layers.min(max);
+                }
+                (clip, ClipTokenizer::openai_clip()?)
+            }
+        };
         apply_loras(&mut text_files, LoraTarget::TextEncoder, loras.text_encoder)?;
         let text_encoder = ClipTextTransformer::from_files(clip_config, text_files, dtype, device)?;
         let mut unet_files = SafetensorsFiles::open(&[file])?;
@@ -537,12 +654,12 @@ impl Sd {
             unet_files.into_var_builder(dtype, device),
             unet_spec.in_channels,
             unet_spec.out_channels,
-            false,
-            unet_spec.config.clone(),
+            &unet_spec.config,
+            None,
+            None,
         )
         .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
         let vae = Vae::load_checkpoint(file, config.vae_scaling_factor, device, dtype)?;
-        let tokenizer = ClipTokenizer::openai_clip()?;
         Self::assemble(
             tokenizer,
             text_encoder,
@@ -575,9 +692,15 @@ impl Sd {
                 "the tokenizer's vocabulary is larger than the text encoder's".into(),
             ));
         }
+        if unet.text_time().is_some() {
+            return Err(EngineError::InvalidModel(
+                "the UNet has SDXL's addition embedding but the model has one text encoder".into(),
+            ));
+        }
         Ok(Self {
             tokenizer,
             text_encoder,
+            text_encoder_2: None,
             unet,
             unet_spec,
             vae,
@@ -622,7 +745,8 @@ impl Sd {
         self.vae.scaling_factor()
     }
 
-    /// The width of the conditioning (768 for SD 1.x, 1024 for SD 2.x).
+    /// The width of the conditioning, the UNet's cross_attention_dim (768 for SD 1.x, 1024 for SD 2.x, 2048 for
+    /// SDXL).
     pub fn conditioning_dim(&self) -> usize {
         self.unet_spec.config.cross_attention_dim
     }
@@ -633,6 +757,11 @@ impl Sd {
     /// as is.
     pub fn encode_prompt(&self, text: &str, skipped_layers: usize) -> Result<Tensor, EngineError> {
         let _span = tracing::debug_span!("encode_prompt").entered();
+        if self.is_sdxl() {
+            return Err(EngineError::InvalidArgument(
+                "an SDXL model's prompts are encoded with encode_prompt_sdxl".into(),
+            ));
+        }
         crate::prompt::encode(&self.tokenizer, &self.text_encoder, text, skipped_layers)
     }
 
@@ -643,33 +772,63 @@ impl Sd {
         timestep: f64,
         context: &Tensor,
     ) -> Result<Tensor, EngineError> {
+        self.unet_forward_added(x, timestep, context, None)
+    }
+
+    /// [`Sd::unet_forward`] with SDXL's added conditioning `(text_embeds (B, pooled_dim), time_ids (B, 6))`,
+    /// which an SDXL model requires and other models refuse.
+    pub fn unet_forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor, EngineError> {
         let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
         let context = context.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let added = match added {
+            None => None,
+            Some((text_embeds, time_ids)) => Some((
+                text_embeds.to_device(&self.device)?.to_dtype(self.dtype)?,
+                time_ids.to_device(&self.device)?.to_dtype(DType::F32)?,
+            )),
+        };
         Ok(self
             .unet
-            .forward(&x, timestep, &context)?
+            .forward_with_added(&x, timestep, &context, added.as_ref().map(|(a, b)| (a, b)))?
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?)
     }
 
     /// ε (or v) for [negative, positive] at timestep `t`: one batch of two when the conditionings have the same
     /// length, else two passes (equivalent to InvokeAI's zero padding with a cross-attention mask).
+    /// `added`: SDXL's `[negative, positive]` (text_embeds, time_ids), each (1, ·).
     fn predict(
         &self,
         x_in: &Tensor,
         t: f64,
         negative: &Tensor,
         positive: &Tensor,
+        added: Option<&[(Tensor, Tensor); 2]>,
     ) -> Result<(Tensor, Tensor), EngineError> {
         if negative.dims() == positive.dims() {
             let x2 = Tensor::cat(&[x_in, x_in], 0)?;
             let context = Tensor::cat(&[negative, positive], 0)?;
-            let out = self.unet_forward(&x2, t, &context)?;
+            let batched = match added {
+                None => None,
+                Some([(n_text, n_time), (p_text, p_time)]) => Some((
+                    Tensor::cat(&[n_text, p_text], 0)?,
+                    Tensor::cat(&[n_time, p_time], 0)?,
+                )),
+            };
+            let out =
+                self.unet_forward_added(&x2, t, &context, batched.as_ref().map(|(a, b)| (a, b)))?;
             Ok((out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?))
         } else {
+            let side = |i: usize| added.map(|a| (&a[i].0, &a[i].1));
             Ok((
-                self.unet_forward(x_in, t, negative)?,
-                self.unet_forward(x_in, t, positive)?,
+                self.unet_forward_added(x_in, t, negative, side(0))?,
+                self.unet_forward_added(x_in, t, positive, side(1))?,
             ))
         }
     }
@@ -697,6 +856,7 @@ impl Sd {
                 )));
             }
         }
+        let added = self.sdxl_added(request.sdxl.as_ref())?;
         if request.steps == 0 {
             return Err(EngineError::InvalidArgument(
                 "steps must be at least 1".into(),
@@ -806,7 +966,7 @@ impl Sd {
             };
             let x_in = scheduler.scale_model_input(&x, t)?;
             let x_in = latents_from_vec(&shape, x_in)?;
-            let (neg, pos) = self.predict(&x_in, t, &negative, &positive)?;
+            let (neg, pos) = self.predict(&x_in, t, &negative, &positive, added.as_ref())?;
             let mut guided = (&neg + ((&pos - &neg)? * cfg)?)?;
             let m = request.cfg_rescale_multiplier;
             if m > 0.0 {
@@ -846,4 +1006,317 @@ impl Sd {
         let shape = crate::noise::sd_latent_shape(width, height)?;
         latents_from_vec(&shape, crate::noise::sd_latent_noise(seed, width, height)?)
     }
+}
+
+impl Sd {
+    /// Loads a diffusers SDXL folder (`text_encoder/`, `text_encoder_2/`, `tokenizer/`, `tokenizer_2/`, `unet/`,
+    /// `vae/`, `scheduler/`); [`Sd::load`] comes here when `text_encoder_2/` exists. `loras.text_encoder` are
+    /// merged into the first text encoder, `loras.text_encoder_2` into the second, `loras.unet` into the UNet
+    /// (LDM-named kohya UNet keys renamed with SDXL's map, [`crate::lora`]).
+    fn load_sdxl(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        loras: LoraSelection<'_>,
+    ) -> Result<Self, EngineError> {
+        let clip = |name: &str, target: LoraTarget, loras: &[(&Lora, f32)]| {
+            let text_dir = dir.join(name);
+            let config = crate::clip::ClipTextConfig::from_file(&text_dir.join("config.json"))?;
+            let mut files = SafetensorsFiles::open(&component_files(&text_dir, &["model"])?)?;
+            apply_loras(&mut files, target, loras)?;
+            ClipTextTransformer::from_files(config, files, dtype, device)
+        };
+        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let text_encoder = clip("text_encoder", LoraTarget::TextEncoder, loras.text_encoder)?;
+        let tokenizer_2 = ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?;
+        let text_encoder_2 = clip(
+            "text_encoder_2",
+            LoraTarget::TextEncoder2,
+            loras.text_encoder_2,
+        )?;
+        let (unet, unet_spec) = load_unet_with_loras(&dir.join("unet"), dtype, device, loras.unet)?;
+        let vae = Vae::load(&dir.join("vae"), device, dtype)?;
+        let scheduler_config =
+            scheduler_config(&dir.join("scheduler").join("scheduler_config.json"))?;
+        Self::assemble_sdxl(
+            dir,
+            [(tokenizer, text_encoder), (tokenizer_2, text_encoder_2)],
+            (unet, unet_spec),
+            vae,
+            scheduler_config,
+            device,
+            dtype,
+        )
+    }
+
+    /// An SDXL single-file checkpoint ([`Sd::load_checkpoint_with_loras`]): `text_files` is the file, opened.
+    /// Text encoder 1 is `conditioner.embedders.0.transformer.` (OpenAI CLIP, the bundled tokenizer), text
+    /// encoder 2 `conditioner.embedders.1.model.` (OpenCLIP bigG with its projection, `!` padding), both whole;
+    /// the UNet's `label_emb` is its addition embedding. LoRAs go where [`Sd::load_sdxl`] puts them.
+    fn load_sdxl_checkpoint(
+        file: &Path,
+        mut text_files: SafetensorsFiles,
+        config: &CheckpointConfig,
+        device: &Device,
+        dtype: DType,
+        loras: LoraSelection<'_>,
+    ) -> Result<Self, EngineError> {
+        let in_file = |e: EngineError| match e {
+            EngineError::InvalidModel(m) => {
+                EngineError::InvalidModel(format!("{}: {m}", file.display()))
+            }
+            other => other,
+        };
+        let mut clip_1 = crate::ldm::sdxl_clip_from_ldm(&mut text_files).map_err(in_file)?;
+        if let Some(max) = config.text_encoder_layers {
+            clip_1.num_hidden_layers = clip_1.num_hidden_layers.min(max);
+        }
+        apply_loras(&mut text_files, LoraTarget::TextEncoder, loras.text_encoder)?;
+        let text_encoder = ClipTextTransformer::from_files(clip_1, text_files, dtype, device)?;
+        let mut text_files_2 = SafetensorsFiles::open(&[file])?;
+        let clip_2 = crate::ldm::sdxl_clip_from_open_clip(&mut text_files_2).map_err(in_file)?;
+        apply_loras(
+            &mut text_files_2,
+            LoraTarget::TextEncoder2,
+            loras.text_encoder_2,
+        )?;
+        let text_encoder_2 = ClipTextTransformer::from_files(clip_2, text_files_2, dtype, device)?;
+        let mut unet_files = SafetensorsFiles::open(&[file])?;
+        let extras =
+            crate::ldm::unet_extras_from_ldm(&unet_files, crate::ldm::SDXL_ADDITION_TIME_EMBED_DIM)
+                .map_err(in_file)?;
+        let unet_spec =
+            crate::ldm::unet_from_ldm(&mut unet_files, &config.attention_heads).map_err(in_file)?;
+        apply_loras(&mut unet_files, LoraTarget::Unet, loras.unet)?;
+        let unet = UNet2DConditionModel::new(
+            unet_files.into_var_builder(dtype, device),
+            unet_spec.in_channels,
+            unet_spec.out_channels,
+            &unet_spec.config,
+            Some(extras.mid_transformer_layers),
+            extras.text_time,
+        )
+        .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
+        let vae = Vae::load_checkpoint(file, config.vae_scaling_factor, device, dtype)?;
+        Self::assemble_sdxl(
+            file,
+            [
+                (ClipTokenizer::openai_clip()?, text_encoder),
+                (ClipTokenizer::open_clip()?, text_encoder_2),
+            ],
+            (unet, unet_spec),
+            vae,
+            config.scheduler.clone(),
+            device,
+            dtype,
+        )
+    }
+
+    /// Checks an SDXL model's parts against each other (widths, the addition embedding, the projection) and
+    /// puts them together; `origin` (the folder or file) is named in errors.
+    fn assemble_sdxl(
+        origin: &Path,
+        [(tokenizer, text_encoder), (tokenizer_2, text_encoder_2)]: [TokenizedEncoder; 2],
+        (unet, unet_spec): (UNet2DConditionModel, UNetSpec),
+        vae: Vae,
+        scheduler_config: SchedulerConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EngineError> {
+        let bad = |m: String| {
+            Err(EngineError::InvalidModel(format!(
+                "{}: {m}",
+                origin.display()
+            )))
+        };
+        let (h1, h2) = (
+            text_encoder.config().hidden_size,
+            text_encoder_2.config().hidden_size,
+        );
+        if h1 + h2 != unet_spec.config.cross_attention_dim {
+            return bad(format!(
+                "the text encoders' widths {h1} + {h2} do not add up to the UNet's cross_attention_dim {}",
+                unet_spec.config.cross_attention_dim
+            ));
+        }
+        let Some(text_time) = unet.text_time() else {
+            return bad(
+                "the UNet has no addition embedding (addition_embed_type \"text_time\")".into(),
+            );
+        };
+        let Some(pooled_dim) = text_encoder_2.config().projection_dim else {
+            return bad("text_encoder_2 has no projection_dim".into());
+        };
+        if !text_encoder_2.has_projection() {
+            return bad("text_encoder_2 has no text_projection".into());
+        }
+        if pooled_dim + 6 * text_time.time_embed_dim != text_time.input_dim {
+            return bad(format!(
+                "the pooled width {pooled_dim} + 6 × {} does not match the UNet's \
+                 projection_class_embeddings_input_dim {}",
+                text_time.time_embed_dim, text_time.input_dim
+            ));
+        }
+        for (t, e) in [(&tokenizer, &text_encoder), (&tokenizer_2, &text_encoder_2)] {
+            if t.vocab_size() > e.config().vocab_size {
+                return bad("a tokenizer's vocabulary is larger than its text encoder's".into());
+            }
+        }
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            text_encoder_2: Some(SecondEncoder {
+                tokenizer: tokenizer_2,
+                encoder: text_encoder_2,
+            }),
+            unet,
+            unet_spec,
+            vae,
+            scheduler_config,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Whether this is an SDXL model (two text encoders, the UNet's addition embedding).
+    pub fn is_sdxl(&self) -> bool {
+        self.text_encoder_2.is_some()
+    }
+
+    /// SDXL's second tokenizer and text encoder (`CLIPTextModelWithProjection`).
+    pub fn text_encoder_2(&self) -> Option<(&ClipTokenizer, &ClipTextTransformer)> {
+        self.text_encoder_2
+            .as_ref()
+            .map(|s| (&s.tokenizer, &s.encoder))
+    }
+
+    /// The width of SDXL's pooled text embedding (`text_encoder_2`'s `projection_dim`).
+    pub fn pooled_dim(&self) -> Option<usize> {
+        self.text_encoder_2
+            .as_ref()
+            .and_then(|s| s.encoder.config().projection_dim)
+    }
+
+    /// InvokeAI's `sdxl_compel_prompt` without the time ids (§10.2): `c1` = the first encoder on `prompt`
+    /// (compel's syntax, the penultimate hidden states without the final norm), `c2` and the pooled embedding =
+    /// the second encoder on `style`, or on `prompt` when `style` is blank; the pooled embedding is compel's
+    /// `get_pooled_embeddings`, the raw text truncated to one window. Empty text gives zeros
+    /// ((1, max_position_embeddings, hidden) and (1, hidden)). The shorter of `c1`/`c2` is zero-padded in
+    /// length; `embeds` = `cat([c1, c2], -1)`. `skipped_layers_*` drop each encoder's last layers (clip skip);
+    /// the pooled embedding comes from the shortened second encoder.
+    pub fn encode_prompt_sdxl(
+        &self,
+        prompt: &str,
+        style: &str,
+        skipped_layers_1: usize,
+        skipped_layers_2: usize,
+    ) -> Result<SdxlConditioning, EngineError> {
+        let _span = tracing::debug_span!("encode_prompt_sdxl").entered();
+        let Some(second) = &self.text_encoder_2 else {
+            return Err(EngineError::InvalidArgument(
+                "encode_prompt_sdxl needs an SDXL model".into(),
+            ));
+        };
+        let c1 = sdxl_states(
+            &self.tokenizer,
+            &self.text_encoder,
+            prompt,
+            skipped_layers_1,
+        )?;
+        let text_2 = if style.trim().is_empty() {
+            prompt
+        } else {
+            style
+        };
+        let c2 = sdxl_states(&second.tokenizer, &second.encoder, text_2, skipped_layers_2)?;
+        let pooled = if text_2.is_empty() {
+            Tensor::zeros(
+                (1, second.encoder.config().hidden_size),
+                DType::F32,
+                &Device::Cpu,
+            )?
+        } else {
+            let tok = &second.tokenizer;
+            let mut ids = tok.encode(text_2);
+            ids.truncate(tok.max_length().saturating_sub(2));
+            let out = second
+                .encoder
+                .forward(&[tok.window(&ids)], skipped_layers_2)?;
+            out.pooled
+                .ok_or_else(|| {
+                    EngineError::InvalidModel("text_encoder_2 has no text_projection".into())
+                })?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+        };
+        let (l1, l2) = (c1.dim(1)?, c2.dim(1)?);
+        let pad = |c: Tensor, to: usize| -> Result<Tensor, EngineError> {
+            let (b, l, d) = c.dims3()?;
+            if l >= to {
+                return Ok(c);
+            }
+            let zeros = Tensor::zeros((b, to - l, d), DType::F32, c.device())?;
+            Ok(Tensor::cat(&[&c, &zeros], 1)?)
+        };
+        let len = l1.max(l2);
+        let embeds = Tensor::cat(&[pad(c1, len)?, pad(c2, len)?], 2)?;
+        Ok(SdxlConditioning { embeds, pooled })
+    }
+
+    /// Checks a request's SDXL conditioning against the model: `[negative, positive]` (text_embeds, time_ids).
+    fn sdxl_added(
+        &self,
+        sdxl: Option<&SdxlAdded>,
+    ) -> Result<Option<[(Tensor, Tensor); 2]>, EngineError> {
+        match (self.pooled_dim(), sdxl) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(EngineError::InvalidArgument(
+                "SDXL conditioning was given for a model that is not SDXL".into(),
+            )),
+            (Some(_), None) => Err(EngineError::InvalidArgument(
+                "an SDXL model needs the pooled embeddings and time ids (sdxl)".into(),
+            )),
+            (Some(dim), Some(a)) => {
+                let side = |what: &str, pooled: &Tensor, ids: &[f64; 6]| {
+                    if pooled.dims() != [1, dim] {
+                        return Err(EngineError::InvalidArgument(format!(
+                            "{what} pooled embedding has shape {:?}, expected (1, {dim})",
+                            pooled.dims()
+                        )));
+                    }
+                    let ids: Vec<f32> = ids.iter().map(|&v| v as f32).collect();
+                    Ok((
+                        pooled.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                        Tensor::from_vec(ids, (1, 6), &Device::Cpu)?,
+                    ))
+                };
+                Ok(Some([
+                    side("negative", &a.negative_pooled, &a.negative_time_ids)?,
+                    side("positive", &a.positive_pooled, &a.positive_time_ids)?,
+                ]))
+            }
+        }
+    }
+}
+
+/// One SDXL encoder's part of the conditioning: compel with the penultimate, non-normalized hidden states, or
+/// zeros for empty text (InvokeAI's `zero_on_empty`).
+fn sdxl_states(
+    tokenizer: &ClipTokenizer,
+    encoder: &ClipTextTransformer,
+    text: &str,
+    skipped_layers: usize,
+) -> Result<Tensor, EngineError> {
+    if text.is_empty() {
+        let c = encoder.config();
+        return Ok(Tensor::zeros(
+            (1, c.max_position_embeddings, c.hidden_size),
+            DType::F32,
+            &Device::Cpu,
+        )?);
+    }
+    let conjunction = crate::prompt::parse(text)?;
+    crate::prompt::PromptEncoder::new(tokenizer, encoder, skipped_layers)
+        .penultimate()
+        .encode(&conjunction)
 }

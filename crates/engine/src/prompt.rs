@@ -1033,12 +1033,14 @@ pub fn parse(prompt: &str) -> Result<Conjunction, EngineError> {
 // ---------------------------------------------------------------------------------------------------------------
 // Encoding
 
-/// Encodes parsed prompts with one tokenizer and text encoder (compel's `EmbeddingsProvider` for SD 1.x/2.x:
-/// the last kept layer with the final layer norm).
+/// Encodes parsed prompts with one tokenizer and text encoder (compel's `EmbeddingsProvider`: for SD 1.x/2.x the
+/// last kept layer with the final layer norm; for SDXL, [`PromptEncoder::penultimate`], the hidden states entering
+/// the last kept layer without it).
 pub struct PromptEncoder<'a> {
     tokenizer: &'a ClipTokenizer,
     encoder: &'a ClipTextTransformer,
     skipped_layers: usize,
+    penultimate: bool,
     empty: RefCell<Option<Vec<f32>>>,
 }
 
@@ -1059,8 +1061,15 @@ impl<'a> PromptEncoder<'a> {
             tokenizer,
             encoder,
             skipped_layers,
+            penultimate: false,
             empty: RefCell::new(None),
         }
+    }
+
+    /// Returns compel's `PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED` (SDXL) instead of the normed last layer.
+    pub fn penultimate(mut self) -> Self {
+        self.penultimate = true;
+        self
     }
 
     fn window_len(&self) -> usize {
@@ -1080,11 +1089,13 @@ impl<'a> PromptEncoder<'a> {
         let out = self
             .encoder
             .forward_masked(windows, masks, self.skipped_layers)?;
-        let (k, len, dim) = out.last_hidden_state.dims3()?;
-        Ok(out
-            .last_hidden_state
-            .reshape((1, k * len, dim))?
-            .to_dtype(DType::F32)?)
+        let states = if self.penultimate {
+            out.penultimate_hidden_state
+        } else {
+            out.last_hidden_state
+        };
+        let (k, len, dim) = states.dims3()?;
+        Ok(states.reshape((1, k * len, dim))?.to_dtype(DType::F32)?)
     }
 
     fn run_rows(

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 use serde_json::{json, Value};
 
 use crate::config::{unet_spec, vae_spec};
 use crate::noise::TorchGenerator;
 use crate::tokenizer::byte_symbols;
+use crate::unet::UNet2DConditionModel;
 use crate::weights::write_f32_safetensors_streaming;
 use crate::EngineError;
 
@@ -42,22 +42,22 @@ const TINY_WORDS: [&str; 16] = [
     "forest", "house", "with", "tree",
 ];
 
-fn io(path: &Path, e: impl std::fmt::Display) -> EngineError {
+pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> EngineError {
     EngineError::Io(format!("{}: {e}", path.display()))
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<(), EngineError> {
+pub(crate) fn write_json(path: &Path, value: &Value) -> Result<(), EngineError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| io(path, e))?;
     std::fs::write(path, text + "\n").map_err(|e| io(path, e))
 }
 
-fn mkdir(path: &Path) -> Result<(), EngineError> {
+pub(crate) fn mkdir(path: &Path) -> Result<(), EngineError> {
     std::fs::create_dir_all(path).map_err(|e| io(path, e))
 }
 
 /// The tiny tokenizer: byte symbols, byte symbols with `</w>`, the merges of [`TINY_WORDS`], then the two
 /// specials (CLIP's own layout, in miniature).
-fn tiny_vocab() -> (BTreeMap<String, u32>, Vec<(String, String)>) {
+pub(crate) fn tiny_vocab() -> (BTreeMap<String, u32>, Vec<(String, String)>) {
     let mut vocab = BTreeMap::new();
     let symbols = byte_symbols();
     for (i, c) in symbols.iter().enumerate() {
@@ -92,11 +92,11 @@ fn tiny_vocab() -> (BTreeMap<String, u32>, Vec<(String, String)>) {
 }
 
 /// Tensor names with their shapes.
-type TensorSpecs = Vec<(String, Vec<usize>)>;
+pub(crate) type TensorSpecs = Vec<(String, Vec<usize>)>;
 
 /// Records the tensors a candle model asks for.
 #[derive(Clone, Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     seen: Arc<Mutex<TensorSpecs>>,
 }
 
@@ -133,11 +133,11 @@ impl SimpleBackend for Recorder {
 }
 
 impl Recorder {
-    fn builder(&self) -> VarBuilder<'static> {
+    pub(crate) fn builder(&self) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), DType::F32, Device::Cpu)
     }
 
-    fn names(&self) -> TensorSpecs {
+    pub(crate) fn names(&self) -> TensorSpecs {
         let mut seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
         seen.sort();
         seen.dedup();
@@ -168,7 +168,11 @@ fn random_values(generator: &mut TorchGenerator, name: &str, shape: &[usize]) ->
 }
 
 /// Writes random weights for the named tensors, in name order, streaming.
-fn write_random(path: &Path, names: &[(String, Vec<usize>)], seed: u64) -> Result<(), EngineError> {
+pub(crate) fn write_random(
+    path: &Path,
+    names: &[(String, Vec<usize>)],
+    seed: u64,
+) -> Result<(), EngineError> {
     let mut generator = TorchGenerator::new(seed);
     write_f32_safetensors_streaming(path, names, |name, shape| {
         random_values(&mut generator, name, shape)
@@ -201,7 +205,7 @@ fn unet_config(family: Family) -> Value {
     })
 }
 
-fn vae_config() -> Value {
+pub(crate) fn vae_config() -> Value {
     json!({
         "_class_name": "AutoencoderKL",
         "_diffusers_version": "0.42.1",
@@ -315,9 +319,34 @@ pub fn write_tiny_sd1_checkpoint(
     write_ldm_checkpoint(twin_dir, file)
 }
 
-/// Rewrites a diffusers SD 1.x folder (UNet, VAE, transformers CLIP text encoder) as one LDM-layout
-/// checkpoint (`model.diffusion_model.`, `first_stage_model.`, `cond_stage_model.transformer.text_model.`),
-/// the inverse of [`crate::ldm`]'s mappings.
+/// Writes the diffusers twin of [`write_tiny_sd2_checkpoint`]'s checkpoint: a tiny SD 2.x 768-v model
+/// (v-prediction, as the model manager's probe takes an SD 2.x checkpoint to be) shaped like the real thing where
+/// a single-file checkpoint's loader and the probe look: the full CLIP vocabulary with `!` padding, a 1024-wide
+/// GELU text encoder (16 heads of 64), a UNet with 2 layers per block, block channels 64 and 128 with 64-wide
+/// attention heads (1 and 2 heads), linear projections and cross-attention width 1024.
+pub fn write_tiny_sd2_twin(dir: &Path, seed: u64) -> Result<(), EngineError> {
+    write_tiny(dir, Family::Sd2V, seed, true)
+}
+
+/// Writes a tiny SD 2.x single-file checkpoint in the original LDM layout (OpenCLIP text encoder under
+/// `cond_stage_model.model.` with fused q/k/v) to `file`, with its diffusers twin ([`write_tiny_sd2_twin`]) in
+/// `twin_dir`: the same weights, so both generate the same images.
+pub fn write_tiny_sd2_checkpoint(
+    twin_dir: &Path,
+    file: &Path,
+    seed: u64,
+) -> Result<(), EngineError> {
+    write_tiny_sd2_twin(twin_dir, seed)?;
+    write_ldm_checkpoint(twin_dir, file)
+}
+
+/// Rewrites a diffusers SD 1.x or 2.x folder (UNet, VAE, transformers CLIP text encoder) as one LDM-layout
+/// checkpoint (`model.diffusion_model.`, `first_stage_model.`, and `cond_stage_model.transformer.text_model.`
+/// for a quick-GELU (OpenAI CLIP) text encoder or `cond_stage_model.model.` in OpenCLIP's names, q/k/v fused
+/// into `in_proj`, for a GELU one), the inverse of [`crate::ldm`]'s mappings. An OpenCLIP encoder also gets the
+/// `text_projection` and `logit_scale` real checkpoints carry (unused by SD 2.x). An SDXL folder
+/// (`text_encoder_2/`) becomes Stability's SGM layout: `conditioner.embedders.0.transformer.text_model.` and
+/// `conditioner.embedders.1.model.` (OpenCLIP names, its `text_projection` transposed to OpenCLIP's layout).
 pub fn write_ldm_checkpoint(dir: &Path, file: &Path) -> Result<(), EngineError> {
     let open = |sub: &str, stems: &[&str]| {
         crate::weights::SafetensorsFiles::open(&crate::weights::component_files(
@@ -343,25 +372,117 @@ pub fn write_ldm_checkpoint(dir: &Path, file: &Path) -> Result<(), EngineError> 
             EngineError::InvalidArgument(format!("no LDM name for UNet tensor '{name}'"))
         })?;
         let tensor = unet.load(&name, DType::F32, &Device::Cpu)?;
-        tensors.push((
-            format!("{}{ldm}", crate::ldm::UNET_PREFIX),
-            tensor.dims().to_vec(),
-            tensor.flatten_all()?.to_vec1::<f32>()?,
-        ));
+        tensors.push((format!("{}{ldm}", crate::ldm::UNET_PREFIX), tensor));
     }
     let text = open("text_encoder", &["model"])?;
+    let text_config =
+        crate::clip::ClipTextConfig::from_file(&dir.join("text_encoder").join("config.json"))?;
+    let sdxl = dir.join("text_encoder_2").is_dir();
+    if sdxl {
+        let text_2 = open("text_encoder_2", &["model"])?;
+        let config_2 = crate::clip::ClipTextConfig::from_file(
+            &dir.join("text_encoder_2").join("config.json"),
+        )?;
+        let projection = text_2
+            .load("text_projection.weight", DType::F32, &Device::Cpu)?
+            .t()?
+            .contiguous()?;
+        tensors.extend(open_clip_tensors(
+            &text_2,
+            config_2.hidden_size,
+            crate::ldm::SDXL_OPEN_CLIP_PREFIX,
+            Some(projection),
+        )?);
+    } else if text_config.hidden_act == crate::clip::Activation::Gelu {
+        tensors.extend(open_clip_tensors(
+            &text,
+            text_config.hidden_size,
+            crate::ldm::OPEN_CLIP_PREFIX,
+            None,
+        )?);
+        return save_tensors(file, tensors);
+    }
+    let clip_prefix = if sdxl {
+        crate::ldm::SDXL_CLIP_PREFIX
+    } else {
+        crate::ldm::CLIP_PREFIX
+    };
     let mut names: Vec<String> = text.names().map(str::to_owned).collect();
     names.sort();
     for name in names {
         let tensor = text.load(&name, DType::F32, &Device::Cpu)?;
         let bare = name.strip_prefix("text_model.").unwrap_or(&name);
-        tensors.push((
-            format!("{}text_model.{bare}", crate::ldm::CLIP_PREFIX),
-            tensor.dims().to_vec(),
-            tensor.flatten_all()?.to_vec1::<f32>()?,
-        ));
+        tensors.push((format!("{clip_prefix}text_model.{bare}"), tensor));
     }
-    crate::weights::write_f32_safetensors(file, &tensors)
+    save_tensors(file, tensors)
+}
+
+/// Writes named f32 tensors as one safetensors file (through candle's writer: fast in debug builds).
+fn save_tensors(file: &Path, tensors: NamedTensors) -> Result<(), EngineError> {
+    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&map, file)
+        .map_err(|e| EngineError::Io(format!("{}: {e}", file.display())))
+}
+
+/// A transformers CLIP text encoder's tensors in OpenCLIP's names under `prefix`, q/k/v fused, with
+/// `projection` as `text_projection` (OpenCLIP's (width, projection) layout; `None`: the identity) and a
+/// `logit_scale`. The encoder's own `text_projection.weight` is left out.
+fn open_clip_tensors(
+    text: &crate::weights::SafetensorsFiles,
+    hidden: usize,
+    prefix: &str,
+    projection: Option<Tensor>,
+) -> Result<NamedTensors, EngineError> {
+    let load = |name: &str| -> Result<Tensor, EngineError> {
+        let prefixed = format!("text_model.{name}");
+        let name = if text.contains(&prefixed) {
+            prefixed
+        } else {
+            name.to_owned()
+        };
+        text.load(&name, DType::F32, &Device::Cpu)
+    };
+    let mut names: Vec<String> = text.names().map(str::to_owned).collect();
+    names.sort();
+    let mut tensors = Vec::new();
+    for name in names {
+        let bare = name.strip_prefix("text_model.").unwrap_or(&name);
+        if let Some((layer, p)) = bare
+            .strip_prefix("encoder.layers.")
+            .and_then(|r| r.split_once(".self_attn.q_proj."))
+        {
+            let parts = ["q_proj", "k_proj", "v_proj"]
+                .iter()
+                .map(|q| load(&format!("encoder.layers.{layer}.self_attn.{q}.{p}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            tensors.push((
+                format!("{prefix}transformer.resblocks.{layer}.attn.in_proj_{p}"),
+                Tensor::cat(&parts, 0)?,
+            ));
+            continue;
+        }
+        if bare.contains(".self_attn.k_proj.")
+            || bare.contains(".self_attn.v_proj.")
+            || bare == "text_projection.weight"
+        {
+            continue;
+        }
+        let ldm = crate::ldm::open_clip_key_to_ldm(bare).ok_or_else(|| {
+            EngineError::InvalidArgument(format!("no OpenCLIP name for text tensor '{name}'"))
+        })?;
+        let tensor = text.load(&name, DType::F32, &Device::Cpu)?;
+        tensors.push((format!("{prefix}{ldm}"), tensor));
+    }
+    let projection = match projection {
+        Some(p) => p,
+        None => Tensor::eye(hidden, DType::F32, &Device::Cpu)?,
+    };
+    tensors.push((format!("{prefix}text_projection"), projection));
+    tensors.push((
+        format!("{prefix}logit_scale"),
+        Tensor::new(4.6052f32, &Device::Cpu)?,
+    ));
+    Ok(tensors)
 }
 
 fn write_tiny(dir: &Path, family: Family, seed: u64, twin: bool) -> Result<(), EngineError> {
@@ -445,7 +566,11 @@ fn write_tiny(dir: &Path, family: Family, seed: u64, twin: bool) -> Result<(), E
     )?;
 
     // Text encoder.
-    let text_hidden = if twin { 768 } else { TEXT_HIDDEN };
+    let text_hidden = match (twin, sd2) {
+        (true, true) => 1024,
+        (true, false) => 768,
+        (false, _) => TEXT_HIDDEN,
+    };
     let vocab_size = vocab.len();
     let id = |t: &str| vocab.get(t).copied().unwrap_or(0);
     let te = dir.join("text_encoder");
@@ -485,8 +610,14 @@ fn write_tiny(dir: &Path, family: Family, seed: u64, twin: bool) -> Result<(), E
     let mut config = unet_config(family);
     if twin {
         config["layers_per_block"] = json!(2);
-        config["attention_head_dim"] = json!(8);
         config["cross_attention_dim"] = json!(text_hidden);
+        if sd2 {
+            // 64-wide heads, as an SD 2.x checkpoint's loader assumes.
+            config["block_out_channels"] = json!([64, 128]);
+            config["attention_head_dim"] = json!([1, 2]);
+        } else {
+            config["attention_head_dim"] = json!(8);
+        }
     }
     write_json(&unet_config_path, &config)?;
     let spec = unet_spec(&unet_config_path)?;
@@ -495,8 +626,9 @@ fn write_tiny(dir: &Path, family: Family, seed: u64, twin: bool) -> Result<(), E
         recorder.builder(),
         spec.in_channels,
         spec.out_channels,
-        false,
-        spec.config,
+        &spec.config,
+        None,
+        None,
     )?;
     write_random(
         &unet_dir.join("diffusion_pytorch_model.safetensors"),
@@ -536,8 +668,9 @@ pub fn write_random_unet(dir: &Path, config: &Value, seed: u64) -> Result<(), En
         recorder.builder(),
         spec.in_channels,
         spec.out_channels,
-        false,
-        spec.config,
+        &spec.config,
+        None,
+        None,
     )?;
     write_random(
         &dir.join("diffusion_pytorch_model.safetensors"),
@@ -574,13 +707,13 @@ pub fn write_ldm_vae(
     file: &Path,
     full_checkpoint: bool,
 ) -> Result<(), EngineError> {
-    crate::weights::write_f32_safetensors(file, &ldm_vae_tensors(vae_dir, full_checkpoint)?)
+    save_tensors(file, ldm_vae_tensors(vae_dir, full_checkpoint)?)
 }
 
-/// A named f32 tensor: name, shape, values.
-type NamedValues = (String, Vec<usize>, Vec<f32>);
+/// Named f32 tensors.
+type NamedTensors = Vec<(String, Tensor)>;
 
-fn ldm_vae_tensors(vae_dir: &Path, full_checkpoint: bool) -> Result<Vec<NamedValues>, EngineError> {
+fn ldm_vae_tensors(vae_dir: &Path, full_checkpoint: bool) -> Result<NamedTensors, EngineError> {
     let spec = vae_spec(&vae_dir.join("config.json"))?;
     let up_blocks = spec.config.block_out_channels.len();
     let files = crate::weights::SafetensorsFiles::open(&crate::weights::component_files(
@@ -594,21 +727,17 @@ fn ldm_vae_tensors(vae_dir: &Path, full_checkpoint: bool) -> Result<Vec<NamedVal
         let ldm = crate::ldm::vae_key_to_ldm(&name, up_blocks).ok_or_else(|| {
             EngineError::InvalidArgument(format!("no LDM name for VAE tensor '{name}'"))
         })?;
-        let tensor = files.load(&name, DType::F32, &Device::Cpu)?;
-        let mut shape = tensor.dims().to_vec();
-        if ldm.contains(".attn_1.") && !ldm.contains(".norm.") && shape.len() == 2 {
-            shape.extend([1, 1]);
+        let mut tensor = files.load(&name, DType::F32, &Device::Cpu)?;
+        if ldm.contains(".attn_1.") && !ldm.contains(".norm.") && tensor.rank() == 2 {
+            let (out, inp) = tensor.dims2()?;
+            tensor = tensor.reshape((out, inp, 1, 1))?;
         }
         let prefix = if full_checkpoint {
             "first_stage_model."
         } else {
             ""
         };
-        tensors.push((
-            format!("{prefix}{ldm}"),
-            shape,
-            tensor.flatten_all()?.to_vec1::<f32>()?,
-        ));
+        tensors.push((format!("{prefix}{ldm}"), tensor));
     }
     Ok(tensors)
 }

@@ -204,6 +204,16 @@ impl ClipTokenizer {
     /// The standard OpenAI CLIP tokenizer of SD 1.x ([`openai_clip_bpe`], padding with `<|endoftext|>`), for
     /// models that ship no tokenizer files.
     pub fn openai_clip() -> Result<Self, EngineError> {
+        Self::bundled(SpecialTokens::openai_clip())
+    }
+
+    /// The SD 2.x (OpenCLIP) tokenizer: the same vocabulary as [`ClipTokenizer::openai_clip`], padding with `!`
+    /// ([`SpecialTokens::open_clip`]), for single-file SD 2.x checkpoints.
+    pub fn open_clip() -> Result<Self, EngineError> {
+        Self::bundled(SpecialTokens::open_clip())
+    }
+
+    fn bundled(specials: SpecialTokens) -> Result<Self, EngineError> {
         let (tokens, merges) = openai_clip_bpe()?;
         let vocab = tokens
             .into_iter()
@@ -217,7 +227,7 @@ impl ClipTokenizer {
             text.push_str(b);
             text.push('\n');
         }
-        Self::new(vocab, &text, SpecialTokens::openai_clip())
+        Self::new(vocab, &text, specials)
     }
 
     /// Builds a tokenizer from a vocabulary, the text of a merges file and the special tokens.

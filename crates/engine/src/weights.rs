@@ -126,6 +126,14 @@ impl SafetensorsFiles {
         self.tensors.get(name).map(|i| i.shape.as_slice())
     }
 
+    /// The dtype recorded in the header for `name` (or the override's).
+    pub fn dtype(&self, name: &str) -> Option<DType> {
+        match self.overrides.get(name) {
+            Some(t) => Some(t.dtype()),
+            None => self.tensors.get(name).map(|i| i.dtype),
+        }
+    }
+
     /// Renames the tensors in the files: `rename` maps each name to its new name, or to `None` to drop the
     /// tensor. Two tensors renamed to the same name are an error.
     pub fn rename(
@@ -144,6 +152,46 @@ impl SafetensorsFiles {
             }
         }
         self.tensors = renamed;
+        Ok(())
+    }
+
+    /// Splits tensor `name` along its first dimension into `parts.len()` equal tensors named `parts`, in order
+    /// (a fused q/k/v projection read as three): the parts are views of the same bytes, nothing is read now.
+    pub fn split_rows(&mut self, name: &str, parts: &[String]) -> Result<(), EngineError> {
+        let info = self
+            .tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::InvalidModel(format!("missing tensor '{name}'")))?;
+        let n = parts.len();
+        let rows = info.shape.first().copied().unwrap_or(0);
+        if n == 0 || rows == 0 || rows % n != 0 {
+            return Err(EngineError::InvalidModel(format!(
+                "tensor '{name}' has shape {:?}, which does not split in {n} along its first dimension",
+                info.shape
+            )));
+        }
+        self.tensors.remove(name);
+        let chunk = (info.end - info.start) / n as u64;
+        let mut shape = info.shape.clone();
+        shape[0] = rows / n;
+        for (i, part) in parts.iter().enumerate() {
+            if self.tensors.contains_key(part) {
+                return Err(EngineError::InvalidModel(format!(
+                    "tensor '{part}' appears twice"
+                )));
+            }
+            let start = info.start + chunk * i as u64;
+            self.tensors.insert(
+                part.clone(),
+                TensorInfo {
+                    shape: shape.clone(),
+                    start,
+                    end: start + chunk,
+                    ..info.clone()
+                },
+            );
+        }
         Ok(())
     }
 

@@ -30,6 +30,7 @@ fn load(dir: &Path, unet: &[(&Lora, f32)], text: &[(&Lora, f32)]) -> Sd {
         LoraSelection {
             unet,
             text_encoder: text,
+            text_encoder_2: &[],
         },
     )
     .unwrap()
@@ -118,7 +119,7 @@ fn merged_weights_are_w_plus_scaled_up_down() {
         for module in names {
             let (file_name, lora_stem) = match target {
                 LoraTarget::Unet => (format!("{module}.weight"), format!("unet.{module}")),
-                LoraTarget::TextEncoder => (
+                LoraTarget::TextEncoder | LoraTarget::TextEncoder2 => (
                     format!("text_model.{module}.weight"),
                     format!("text_encoder.text_model.{module}"),
                 ),

@@ -8,7 +8,10 @@ use atelier_engine::candle::{DType, Device};
 use atelier_engine::pipeline::{
     latents_to_vec, CfgScale, CheckpointConfig, DenoiseRequest, NoProgress, Sd, StepProgress, Vae,
 };
-use atelier_engine::tiny::{write_ldm_vae, write_tiny_sd, write_tiny_sd1_checkpoint, Family};
+use atelier_engine::schedulers::PredictionType;
+use atelier_engine::tiny::{
+    write_ldm_vae, write_tiny_sd, write_tiny_sd1_checkpoint, write_tiny_sd2_checkpoint, Family,
+};
 use atelier_engine::weights::{write_f32_safetensors, SafetensorsFiles};
 use atelier_engine::EngineError;
 
@@ -32,6 +35,7 @@ fn request(sd: &Sd, scheduler: &str) -> DenoiseRequest {
         denoising_start: 0.0,
         denoising_end: 1.0,
         seed: 1,
+        sdxl: None,
     }
 }
 
@@ -199,10 +203,20 @@ fn broken_models_are_errors_not_panics() {
         Sd::load(dir.path(), &Device::Cpu, DType::F32),
         Err(EngineError::InvalidModel(_))
     ));
-    // A UNet config this engine cannot run (SDXL's addition embedding).
+    // UNet configs this engine cannot run: an addition embedding other than SDXL's, and SDXL's without its
+    // sizes.
     std::fs::write(&unet, &bytes).unwrap();
     let config = dir.path().join("unet").join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen('{', "{\"addition_embed_type\": \"text\",", 1),
+    )
+    .unwrap();
+    assert!(matches!(
+        Sd::load(dir.path(), &Device::Cpu, DType::F32),
+        Err(EngineError::InvalidModel(m)) if m.contains("addition_embed_type")
+    ));
     std::fs::write(
         &config,
         text.replacen('{', "{\"addition_embed_type\": \"text_time\",", 1),
@@ -210,7 +224,7 @@ fn broken_models_are_errors_not_panics() {
     .unwrap();
     assert!(matches!(
         Sd::load(dir.path(), &Device::Cpu, DType::F32),
-        Err(EngineError::InvalidModel(m)) if m.contains("addition_embed_type")
+        Err(EngineError::InvalidModel(m)) if m.contains("addition_time_embed_dim")
     ));
     assert!(matches!(
         Sd::load(&dir.path().join("nope"), &Device::Cpu, DType::F32),
@@ -426,4 +440,246 @@ fn an_sd1_ldm_checkpoint_runs_like_its_diffusers_twin() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("checkpoint"), "{err}");
+}
+
+#[test]
+fn an_sd2_ldm_checkpoint_runs_like_its_diffusers_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin_dir = dir.path().join("twin");
+    let file = dir.path().join("tiny-sd2.safetensors");
+    write_tiny_sd2_checkpoint(&twin_dir, &file, 37).unwrap();
+    let files = SafetensorsFiles::open(&[&file]).unwrap();
+    // Where the model manager's probe looks: an SD 2.x UNet (cross-attention width 1024), linear projections,
+    // and the OpenCLIP text encoder with fused q/k/v.
+    assert_eq!(
+        files
+            .shape("model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"),
+        Some(&[64usize, 1024][..])
+    );
+    assert_eq!(
+        files.shape("model.diffusion_model.input_blocks.1.1.proj_in.weight"),
+        Some(&[64usize, 64][..])
+    );
+    assert_eq!(
+        files.shape("cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight"),
+        Some(&[3072usize, 1024][..])
+    );
+    assert_eq!(
+        files.shape("cond_stage_model.model.positional_embedding"),
+        Some(&[77usize, 1024][..])
+    );
+    assert!(files.contains("cond_stage_model.model.text_projection"));
+    assert!(!files
+        .names()
+        .any(|n| n.starts_with("cond_stage_model.transformer.")));
+    drop(files);
+
+    let twin = Sd::load(&twin_dir, &Device::Cpu, DType::F32).unwrap();
+    let sd =
+        Sd::load_checkpoint(&file, &CheckpointConfig::sd2_v(), &Device::Cpu, DType::F32).unwrap();
+    // The bundled tokenizer pads with `!`, as the twin's.
+    for prompt in [
+        "a photo of an astronaut riding a horse",
+        "Painting, (red:1.2) cat!",
+    ] {
+        assert_eq!(
+            sd.tokenizer().windows(prompt),
+            twin.tokenizer().windows(prompt)
+        );
+    }
+    assert_eq!(sd.tokenizer().pad_id(), twin.tokenizer().pad_id());
+    assert_ne!(sd.tokenizer().pad_id(), sd.tokenizer().eos_id());
+    let (a, b) = (sd.text_encoder().config(), twin.text_encoder().config());
+    assert_eq!(
+        (
+            a.vocab_size,
+            a.hidden_size,
+            a.intermediate_size,
+            a.num_hidden_layers
+        ),
+        (
+            b.vocab_size,
+            b.hidden_size,
+            b.intermediate_size,
+            b.num_hidden_layers
+        )
+    );
+    assert_eq!(
+        (
+            a.num_attention_heads,
+            a.max_position_embeddings,
+            a.hidden_act
+        ),
+        (
+            b.num_attention_heads,
+            b.max_position_embeddings,
+            b.hidden_act
+        )
+    );
+    assert_eq!(sd.conditioning_dim(), 1024);
+    assert_eq!(sd.prediction_type(), PredictionType::VPrediction);
+    assert_eq!(sd.prediction_type(), twin.prediction_type());
+    // CLIP, with and without clip skip.
+    for skip in [0, 1] {
+        assert_eq!(
+            latents_to_vec(&sd.encode_prompt("a photo of a cat", skip).unwrap()).unwrap(),
+            latents_to_vec(&twin.encode_prompt("a photo of a cat", skip).unwrap()).unwrap(),
+            "skip {skip}"
+        );
+    }
+    // UNet.
+    let c = sd.encode_prompt("a photo of a cat", 0).unwrap();
+    let x = Sd::noise(3, 64, 64).unwrap();
+    for t in [999.0, 1.0] {
+        assert_eq!(
+            latents_to_vec(&sd.unet_forward(&x, t, &c).unwrap()).unwrap(),
+            latents_to_vec(&twin.unet_forward(&x, t, &c).unwrap()).unwrap(),
+            "t = {t}"
+        );
+    }
+    // A whole generation, decoded.
+    let cancel = AtomicBool::new(false);
+    let latents = sd
+        .denoise(&request(&sd, "euler"), &mut NoProgress, &cancel)
+        .unwrap();
+    let latents_twin = twin
+        .denoise(&request(&twin, "euler"), &mut NoProgress, &cancel)
+        .unwrap();
+    assert_eq!(
+        latents_to_vec(&latents).unwrap(),
+        latents_to_vec(&latents_twin).unwrap()
+    );
+    assert_eq!(
+        sd.decode(&latents).unwrap().as_raw(),
+        twin.decode(&latents_twin).unwrap().as_raw()
+    );
+    // The record's prediction type wins over the family's default.
+    let eps = Sd::load_checkpoint(
+        &file,
+        &CheckpointConfig::sd2_v().with_prediction_type(PredictionType::Epsilon),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    assert_eq!(eps.prediction_type(), PredictionType::Epsilon);
+    drop(eps);
+
+    // The wrong family's configuration is a clear error, both ways.
+    let err = Sd::load_checkpoint(&file, &CheckpointConfig::sd1(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("an SD 2.x checkpoint, loaded as an SD 1.x model"),
+        "{err}"
+    );
+
+    // A truncated checkpoint is a clear error, not a panic.
+    let bytes = std::fs::read(&file).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Sd::load_checkpoint(
+        &truncated,
+        &CheckpointConfig::sd2(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, EngineError::InvalidModel(_)), "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+
+    broken_sd2_checkpoints_are_clear_errors(&file, dir.path());
+}
+
+type Header = serde_json::Map<String, serde_json::Value>;
+
+/// Copies a safetensors file with its header edited (the data is kept as it is: a smaller shape reads
+/// the start of the tensor's bytes).
+fn with_header(file: &std::path::Path, out: &std::path::Path, edit: impl Fn(&mut Header)) {
+    let bytes = std::fs::read(file).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: Header = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    edit(&mut header);
+    let mut text = serde_json::to_string(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut written = (text.len() as u64).to_le_bytes().to_vec();
+    written.extend_from_slice(text.as_bytes());
+    written.extend_from_slice(&bytes[8 + len..]);
+    std::fs::write(out, written).unwrap();
+}
+
+/// Sets a tensor's shape in a header (its byte range shrinks or grows from its start).
+fn reshape(header: &mut Header, name: &str, shape: &[usize]) {
+    let entry = header.get_mut(name).unwrap();
+    let start = entry["data_offsets"][0].as_u64().unwrap();
+    let len = shape.iter().product::<usize>() as u64 * 4;
+    entry["shape"] = serde_json::json!(shape);
+    entry["data_offsets"] = serde_json::json!([start, start + len]);
+}
+
+fn broken_sd2_checkpoints_are_clear_errors(file: &std::path::Path, dir: &std::path::Path) {
+    let load = |edit: &dyn Fn(&mut Header)| {
+        let out = dir.join("broken.safetensors");
+        with_header(file, &out, edit);
+        Sd::load_checkpoint(&out, &CheckpointConfig::sd2(), &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let text = |name: &str| format!("cond_stage_model.model.{name}");
+    // A fused q/k/v projection of the wrong height.
+    let err = load(&|h| {
+        reshape(
+            h,
+            &text("transformer.resblocks.0.attn.in_proj_weight"),
+            &[2048, 1024],
+        );
+    });
+    assert!(
+        err.contains("in_proj_weight has shape [2048, 1024]"),
+        "{err}"
+    );
+    // A missing layer norm.
+    let err = load(&|h| {
+        h.remove(&text("transformer.resblocks.1.ln_2.weight"));
+    });
+    assert!(err.contains("layer_norm2"), "{err}");
+    // An OpenCLIP text encoder over an SD 1.x-width UNet.
+    let err = load(&|h| {
+        let names: Vec<String> = h
+            .keys()
+            .filter(|n| n.contains("attn2.to_k.") || n.contains("attn2.to_v."))
+            .cloned()
+            .collect();
+        for name in names {
+            let rows = h[&name]["shape"][0].as_u64().unwrap() as usize;
+            reshape(h, &name, &[rows, 768]);
+        }
+    });
+    assert!(
+        err.contains("cross-attention width 768 (expected 1024)"),
+        "{err}"
+    );
+    // SDXL's text encoders: an SDXL checkpoint, not the SD 2.x the configuration says.
+    let err = load(&|h| {
+        let names: Vec<String> = h
+            .keys()
+            .filter(|n| n.starts_with("cond_stage_model."))
+            .cloned()
+            .collect();
+        for name in names {
+            let entry = h.remove(&name).unwrap();
+            h.insert(
+                name.replace("cond_stage_model.", "conditioner.embedders.1."),
+                entry,
+            );
+        }
+    });
+    assert!(
+        err.contains("an SDXL checkpoint, loaded as an SD 2.x model"),
+        "{err}"
+    );
 }

@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Check our SD 1.x LDM checkpoint layout (`atelier_engine::ldm`, `tiny::write_ldm_checkpoint`) against
+"""Check our SD 1.x, SD 2.x and SDXL LDM checkpoint layouts (`atelier_engine::ldm`, `tiny::write_ldm_checkpoint`) against
 diffusers' single-file loader.
 
     /work/venv-ref/bin/python crates/engine/tools/reference/check_ldm_checkpoint.py
 
 It runs `cargo run -p atelier-engine --example write_tiny_checkpoint -- <tmp>`, which writes a tiny SD 1.x model
-(`sd1-twin`, diffusers layout) and the same weights as one LDM checkpoint (`sd1-ldm.safetensors`).
+(`sd1-twin`, diffusers layout) and the same weights as one LDM checkpoint (`sd1-ldm.safetensors`), and the same
+for SD 2.x (`sd2-twin`, `sd2-ldm.safetensors`: the OpenCLIP text encoder with fused q/k/v) and SDXL (`sdxl-twin`,
+`sdxl-ldm.safetensors`: Stability's SGM layout, `label_emb`, both text encoders under `conditioner.embedders.`, the
+second's `text_projection` in OpenCLIP's (width, projection) layout; `StableDiffusionXLPipeline`).
 diffusers' `StableDiffusionPipeline.from_single_file` (offline: the configs come from the local twin folder) must
-give exactly the twin's UNet, VAE and text-encoder tensors. The Rust test
-`an_sd1_ldm_checkpoint_runs_like_its_diffusers_twin` shows our loader runs both files identically.
+give exactly the twin's UNet, VAE and text-encoder tensors. The Rust tests
+`an_sd1_ldm_checkpoint_runs_like_its_diffusers_twin`, `an_sd2_ldm_checkpoint_runs_like_its_diffusers_twin` and
+`an_sdxl_checkpoint_runs_like_its_diffusers_twin` show our loader runs the files identically.
 """
 
 import os
@@ -17,7 +21,7 @@ import sys
 import tempfile
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 
 def same(name, want, got):
@@ -39,20 +43,24 @@ def main():
             ["cargo", "run", "-q", "-p", "atelier-engine", "--example", "write_tiny_checkpoint", "--", tmp],
             check=True,
         )
-        folder = os.path.join(tmp, "sd1-twin")
-        single = os.path.join(tmp, "sd1-ldm.safetensors")
-        want = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
-        got = StableDiffusionPipeline.from_single_file(
-            single, config=folder, local_files_only=True, safety_checker=None
-        )
-        counts = {
-            part: same(part, getattr(want, part), getattr(got, part))
-            for part in ["unet", "vae", "text_encoder"]
-        }
-        ids = want.tokenizer("a photo of an astronaut riding a horse").input_ids
-        if ids != got.tokenizer("a photo of an astronaut riding a horse").input_ids:
-            sys.exit("tokenizers differ")
-        print(f"ok: identical tensors {counts}")
+        for family in ["sd1", "sd2", "sdxl"]:
+            folder = os.path.join(tmp, f"{family}-twin")
+            single = os.path.join(tmp, f"{family}-ldm.safetensors")
+            parts = ["unet", "vae", "text_encoder"]
+            if family == "sdxl":
+                want = StableDiffusionXLPipeline.from_pretrained(folder)
+                got = StableDiffusionXLPipeline.from_single_file(single, config=folder, local_files_only=True)
+                parts.append("text_encoder_2")
+            else:
+                want = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+                got = StableDiffusionPipeline.from_single_file(
+                    single, config=folder, local_files_only=True, safety_checker=None
+                )
+            counts = {part: same(f"{family} {part}", getattr(want, part), getattr(got, part)) for part in parts}
+            ids = want.tokenizer("a photo of an astronaut riding a horse").input_ids
+            if ids != got.tokenizer("a photo of an astronaut riding a horse").input_ids:
+                sys.exit(f"{family}: tokenizers differ")
+            print(f"{family} ok: identical tensors {counts}")
 
 
 if __name__ == "__main__":
