@@ -7,8 +7,9 @@ use crate::common::*;
 use crate::models::{install, kohya_lora};
 use atelier_engine::tiny::{
     write_ldm_vae, write_tiny_lora, write_tiny_sd, write_tiny_sd1_checkpoint, write_tiny_sd1_twin,
-    Family, LoraNaming,
+    write_tiny_sd2_checkpoint, Family, LoraNaming,
 };
+use atelier_engine::tiny_sdxl::{write_tiny_sdxl, write_tiny_sdxl_lora, SdxlLoraNaming};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -16,6 +17,11 @@ use std::time::Duration;
 async fn tiny_model(s: &TestServer, family: Family, name: &str) -> String {
     let dir = s.root.path().join("incoming").join(name);
     write_tiny_sd(&dir, family, 7).expect("tiny model");
+    install_in_place(s, &dir, name).await
+}
+
+/// Installs the model folder `dir` in place; returns its key.
+async fn install_in_place(s: &TestServer, dir: &std::path::Path, name: &str) -> String {
     let job = install(s, None, dir.to_str().unwrap(), true).await;
     assert_eq!(job["status"], "completed", "{job}");
     let listed = s.get("/api/v2/models/?model_type=main", None).await;
@@ -423,11 +429,26 @@ async fn a_separate_vae_model_decodes_and_encodes() {
 
 #[tokio::test]
 async fn a_single_file_sd1_checkpoint_generates_like_its_diffusers_twin() {
+    checkpoint_generates_like_its_twin("sd1", "sd-1", "epsilon").await;
+}
+
+/// An SD 2.x checkpoint (OpenCLIP text encoder): the probe takes it for a 768-v model, as InvokeAI
+/// does without a `global_step` of 220000, and the twin is one.
+#[tokio::test]
+async fn a_single_file_sd2_checkpoint_generates_like_its_diffusers_twin() {
+    checkpoint_generates_like_its_twin("sd2", "sd-2", "v_prediction").await;
+}
+
+async fn checkpoint_generates_like_its_twin(family: &str, base: &str, prediction: &str) {
     let s = TestServer::single_user().await;
     let incoming = s.root.path().join("incoming");
-    let twin_dir = incoming.join("tiny-sd1-twin");
-    let file = incoming.join("tiny-sd1-ldm.safetensors");
-    write_tiny_sd1_checkpoint(&twin_dir, &file, 11).expect("tiny checkpoint");
+    let twin_dir = incoming.join(format!("tiny-{family}-twin"));
+    let file = incoming.join(format!("tiny-{family}-ldm.safetensors"));
+    if family == "sd2" {
+        write_tiny_sd2_checkpoint(&twin_dir, &file, 11).expect("tiny checkpoint");
+    } else {
+        write_tiny_sd1_checkpoint(&twin_dir, &file, 11).expect("tiny checkpoint");
+    }
     // The model manager identifies the single file from its tensors.
     let job = install(&s, None, file.to_str().unwrap(), true).await;
     assert_eq!(job["status"], "completed", "{job}");
@@ -443,9 +464,9 @@ async fn a_single_file_sd1_checkpoint_generates_like_its_diffusers_twin() {
         (
             json!("main"),
             json!("checkpoint"),
-            json!("sd-1"),
+            json!(base),
             json!("normal"),
-            json!("epsilon")
+            json!(prediction)
         ),
         "{config}"
     );
@@ -453,6 +474,8 @@ async fn a_single_file_sd1_checkpoint_generates_like_its_diffusers_twin() {
     let job = install(&s, None, twin_dir.to_str().unwrap(), true).await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["config_out"]["format"], "diffusers");
+    assert_eq!(job["config_out"]["base"], base);
+    assert_eq!(job["config_out"]["prediction_type"], prediction);
     let twin_key = job["config_out"]["key"].as_str().unwrap().to_owned();
 
     let mut pixels = Vec::new();
@@ -619,4 +642,323 @@ fn appendix_a(main: &Value, seed: u64, prompt: &str) -> Value {
     nodes["denoise_latents:n11"]["steps"] = json!(2);
     nodes["denoise_latents:n11"]["scheduler"] = json!("euler");
     graph
+}
+
+/// Enqueues `batch` and waits for its one item; returns the item.
+async fn run_batch(s: &TestServer, batch: &Value) -> Value {
+    let r = s
+        .post(
+            "/api/v1/queue/default/enqueue_batch",
+            None,
+            &json!({ "batch": batch }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.body["item_ids"][0].as_i64().unwrap();
+    for _ in 0..2400 {
+        let item = s.get(&format!("/api/v1/queue/default/i/{id}"), None).await;
+        let status = item.body["status"].as_str().unwrap_or_default().to_owned();
+        if ["completed", "failed", "canceled"].contains(&status.as_str()) {
+            return item.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("item {id} did not finish");
+}
+
+/// The one image a finished item's session made.
+fn item_image(item: &Value) -> String {
+    let images: Vec<&str> = item["session"]["results"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|r| r["image"]["image_name"].as_str())
+        .collect();
+    assert_eq!(images.len(), 1, "{item}");
+    images[0].to_owned()
+}
+
+#[tokio::test]
+async fn a_tiny_sdxl_model_generates_through_the_endpoint_and_its_graph() {
+    let s = TestServer::single_user().await;
+    let dir = s.root.path().join("incoming").join("tiny-sdxl");
+    write_tiny_sdxl(&dir, 7).expect("tiny sdxl");
+    let key = install_in_place(&s, &dir, "tiny-sdxl").await;
+    let record = s.get(&format!("/api/v2/models/i/{key}"), None).await;
+    assert_eq!(record.body["base"], "sdxl", "{}", record.text);
+    let (mut sock, _) = SocketClient::connect(&s.base, None, None).await;
+    sock.emit("subscribe_queue", json!({"queue_id": "default"}))
+        .await;
+    s.get("/api/v1/queue/default/status", None).await;
+    let body = json!({"prompt": "a (red)1.2 fox", "negative_prompt": "blurry", "model": key,
+        "width": 64, "height": 64, "steps": 3, "scheduler": "euler", "seed": 42});
+    let mut waiting = body.clone();
+    waiting["wait"] = json!(true);
+    waiting["timeout_s"] = json!(120);
+    let r = s.post("/api/v1/generate", None, &waiting).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    let name = r.body["images"][0]["image_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let meta = s
+        .get(&format!("/api/v1/images/i/{name}/metadata"), None)
+        .await;
+    assert_eq!(meta.body["generation_mode"], "sdxl_txt2img");
+    assert_eq!(meta.body["positive_prompt"], "a (red)1.2 fox");
+    assert_eq!(meta.body["model"]["base"], "sdxl");
+    let first = image_pixels(&s, None, &name).await;
+    assert_eq!(first.dimensions(), (64, 64));
+    let corner = first.get_pixel(0, 0);
+    assert!(first.pixels().any(|p| p != corner), "the image is uniform");
+    // Three steps of progress with 64×64 previews.
+    let mut steps = 0;
+    loop {
+        let (event, payload) = sock.next_event().await.expect("socket");
+        match event.as_str() {
+            "invocation_progress" => {
+                steps += 1;
+                assert_eq!(payload["image"]["width"], 64, "{payload}");
+            }
+            "queue_item_status_changed" if payload["status"] == "completed" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(steps, 3);
+
+    // The dry run's batch, enqueued as is, is the same generation: the same pixels.
+    let mut dry = body.clone();
+    dry["dry_run"] = json!(true);
+    let r = s.post("/api/v1/generate", None, &dry).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let batch = r.body["batch"].clone();
+    let item = run_batch(&s, &batch).await;
+    assert_eq!(item["status"], "completed", "{item}");
+    assert_eq!(
+        image_pixels(&s, None, &item_image(&item)).await.as_raw(),
+        first.as_raw()
+    );
+
+    // The time ids reach the UNet: another original size changes the pixels.
+    let mut resized = batch.clone();
+    let nodes = resized["graph"]["nodes"].as_object_mut().unwrap();
+    let mut changed = 0;
+    for node in nodes.values_mut() {
+        if node["type"] == "sdxl_compel_prompt" {
+            node["original_width"] = json!(512);
+            changed += 1;
+        }
+    }
+    assert_eq!(changed, 2);
+    let item = run_batch(&s, &resized).await;
+    assert_eq!(item["status"], "completed", "{item}");
+    assert_ne!(
+        image_pixels(&s, None, &item_image(&item)).await.as_raw(),
+        first.as_raw()
+    );
+
+    // SD 1.x prompts (`compel`, no CLIP 2) on an SDXL model: a clear failure.
+    let mut plain = batch.clone();
+    for node in plain["graph"]["nodes"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+    {
+        if node["type"] == "sdxl_compel_prompt" {
+            *node = json!({"id": node["id"], "type": "compel", "prompt": "a fox"});
+        }
+    }
+    plain["graph"]["edges"].as_array_mut().unwrap().retain(|e| {
+        !["clip2", "style", "prompt"].contains(&e["destination"]["field"].as_str().unwrap())
+            || !e["destination"]["node_id"]
+                .as_str()
+                .unwrap()
+                .contains("_cond")
+    });
+    plain["data"] = json!(null);
+    let item = run_batch(&s, &plain).await;
+    assert_eq!(item["status"], "failed", "{item}");
+    assert!(
+        item["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is an SDXL model: its prompts need `sdxl_compel_prompt`"),
+        "{item}"
+    );
+
+    // SDXL conditioning into an SD 1.x UNet: refused before denoising.
+    let sd1 = tiny_model(&s, Family::Sd1, "tiny-sd1-for-sdxl").await;
+    let mut mixed = batch.clone();
+    let nodes = mixed["graph"]["nodes"].as_object_mut().unwrap();
+    let model = s.get(&format!("/api/v2/models/i/{sd1}"), None).await.body;
+    nodes.insert(
+        "sd1_loader".into(),
+        json!({"id": "sd1_loader", "type": "main_model_loader", "model": identifier(&model)}),
+    );
+    let mut rewired = 0;
+    for edge in mixed["graph"]["edges"].as_array_mut().unwrap() {
+        if edge["destination"]["field"] == "unet" {
+            edge["source"]["node_id"] = json!("sd1_loader");
+            rewired += 1;
+        }
+    }
+    assert_eq!(rewired, 1);
+    let item = run_batch(&s, &mixed).await;
+    assert_eq!(item["status"], "failed", "{item}");
+    assert!(
+        item["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SDXL conditioning (from `sdxl_compel_prompt`) needs an SDXL UNet"),
+        "{item}"
+    );
+
+    // `i2l`'s colour compensation changes what an SDXL VAE encodes, and nothing on SD 1.x.
+    let up = s
+        .upload(
+            None,
+            "image_category=user&is_intermediate=false",
+            png_bytes(64, 48),
+            "image/png",
+        )
+        .await;
+    assert_eq!(up.status, 201, "{}", up.text);
+    let round_trip = |main: &Value, loader: &str, compensation: &str| {
+        json!({"graph": {"id": "round_trip", "nodes": {
+            "loader": {"id": "loader", "type": loader, "model": identifier(main)},
+            "i2l": {"id": "i2l", "type": "i2l", "image": {"image_name": up.body["image_name"]},
+                "color_compensation": compensation},
+            "l2i": {"id": "l2i", "type": "l2i", "is_intermediate": false}},
+          "edges": [
+            {"source": {"node_id": "loader", "field": "vae"}, "destination": {"node_id": "i2l", "field": "vae"}},
+            {"source": {"node_id": "loader", "field": "vae"}, "destination": {"node_id": "l2i", "field": "vae"}},
+            {"source": {"node_id": "i2l", "field": "latents"}, "destination": {"node_id": "l2i", "field": "latents"}}]},
+         "runs": 1})
+    };
+    let mut decoded = Vec::new();
+    for (main, loader) in [
+        (&record.body, "sdxl_model_loader"),
+        (&model, "main_model_loader"),
+    ] {
+        for compensation in ["None", "SDXL"] {
+            let item = run_batch(&s, &round_trip(main, loader, compensation)).await;
+            assert_eq!(item["status"], "completed", "{item}");
+            decoded.push(image_pixels(&s, None, &item_image(&item)).await);
+        }
+    }
+    assert_ne!(decoded[0].as_raw(), decoded[1].as_raw(), "SDXL VAE");
+    assert_eq!(decoded[2].as_raw(), decoded[3].as_raw(), "SD 1.x VAE");
+}
+
+#[tokio::test]
+async fn an_sdxl_lora_changes_the_image_and_weight_zero_does_not() {
+    let s = TestServer::single_user().await;
+    let incoming = s.root.path().join("incoming");
+    let dir = incoming.join("tiny-sdxl-lora-base");
+    write_tiny_sdxl(&dir, 7).expect("tiny sdxl");
+    let key = install_in_place(&s, &dir, "tiny-sdxl-lora-base").await;
+    // kohya naming as SDXL LoRAs have it: lora_te1_ / lora_te2_ and LDM-named UNet keys.
+    let lora_path = incoming.join("tiny-sdxl-lora.safetensors");
+    write_tiny_sdxl_lora(&dir, &lora_path, SdxlLoraNaming::KohyaLdm, 4, 3).expect("tiny lora");
+    let job = install(&s, None, lora_path.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let lora = job["config_out"].clone();
+    assert_eq!(
+        (lora["type"].clone(), lora["base"].clone()),
+        (json!("lora"), json!("sdxl")),
+        "{lora}"
+    );
+    let lora_key = lora["key"].clone();
+
+    let body = |weight: Option<f64>| {
+        let mut b = json!({"prompt": "a (red)1.2 fox", "negative_prompt": "blurry", "model": key,
+            "width": 64, "height": 64, "steps": 2, "scheduler": "euler", "seed": 42,
+            "wait": true, "timeout_s": 120});
+        if let Some(w) = weight {
+            b["loras"] = json!([{"model": lora_key, "weight": w}]);
+        }
+        b
+    };
+    let mut pixels = Vec::new();
+    for weight in [None, Some(0.8), Some(0.0)] {
+        let r = s.post("/api/v1/generate", None, &body(weight)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["status"], "completed", "{}", r.text);
+        let name = r.body["images"][0]["image_name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if let Some(w) = weight {
+            let meta = s
+                .get(&format!("/api/v1/images/i/{name}/metadata"), None)
+                .await;
+            assert_eq!(
+                meta.body["loras"][0]["model"]["key"], lora_key,
+                "{}",
+                meta.text
+            );
+            assert_eq!(meta.body["loras"][0]["weight"], json!(w));
+        }
+        pixels.push(image_pixels(&s, None, &name).await);
+    }
+    assert_ne!(
+        pixels[0].as_raw(),
+        pixels[1].as_raw(),
+        "the LoRA changed nothing"
+    );
+    assert_eq!(
+        pixels[0].as_raw(),
+        pixels[2].as_raw(),
+        "weight 0 changed the image"
+    );
+
+    // The endpoint's graph puts an `sdxl_lora_collection_loader` between the loader and the UNet, CLIP
+    // and CLIP 2 users; run as is, it is the same generation.
+    let mut dry = body(Some(0.8));
+    dry["dry_run"] = json!(true);
+    dry.as_object_mut().unwrap().remove("wait");
+    let r = s.post("/api/v1/generate", None, &dry).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let batch = r.body["batch"].clone();
+    let nodes = batch["graph"]["nodes"].as_object().unwrap();
+    let id_of = |ty: &str| {
+        nodes
+            .values()
+            .find(|n| n["type"] == ty)
+            .unwrap_or_else(|| panic!("no {ty} node"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (apply, loader) = (
+        id_of("sdxl_lora_collection_loader"),
+        id_of("sdxl_model_loader"),
+    );
+    let item = run_batch(&s, &batch).await;
+    assert_eq!(item["status"], "completed", "{item}");
+    let full = image_pixels(&s, None, &item_image(&item)).await;
+    assert_eq!(full.as_raw(), pixels[1].as_raw());
+
+    // CLIP 1 from the plain loader, CLIP 2 and the UNet through the LoRA: text encoder 2 keeps its LoRA
+    // while text encoder 1 does not, so the image is neither the plain one nor the full LoRA's (the
+    // patched encoders are cached per submodel and LoRA list, not shared).
+    let mut partial = batch.clone();
+    let mut rewired = 0;
+    for edge in partial["graph"]["edges"].as_array_mut().unwrap() {
+        if edge["source"]["node_id"] == apply.as_str() && edge["source"]["field"] == "clip" {
+            edge["source"]["node_id"] = json!(loader);
+            rewired += 1;
+        }
+    }
+    assert_eq!(rewired, 2, "the two prompts' CLIP 1");
+    let item = run_batch(&s, &partial).await;
+    assert_eq!(item["status"], "completed", "{item}");
+    let only_clip2 = image_pixels(&s, None, &item_image(&item)).await;
+    assert_ne!(
+        only_clip2.as_raw(),
+        full.as_raw(),
+        "CLIP 1's LoRA changed nothing"
+    );
+    assert_ne!(only_clip2.as_raw(), pixels[0].as_raw(), "no LoRA applied");
 }

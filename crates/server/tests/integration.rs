@@ -22,6 +22,7 @@ mod generation_e2e;
 mod guards;
 mod images;
 mod isolation;
+mod model_convert;
 mod models;
 mod ownership;
 mod queue;

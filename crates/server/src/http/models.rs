@@ -16,7 +16,7 @@ use atelier_store::ModelOrder;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
@@ -65,6 +65,7 @@ pub fn routes(max_upload: usize) -> Router<AppState> {
             &format!("{P}/install/{{id}}/restart_file"),
             post(restart_file),
         )
+        .route(&format!("{P}/convert/{{key}}"), put(convert))
         .route(&format!("{P}/starter_models"), get(starter_models))
         .route(&format!("{P}/stats"), get(stats))
         .route(&format!("{P}/empty_model_cache"), post(empty_model_cache))
@@ -256,6 +257,19 @@ pub async fn reidentify(
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = service::reidentify(&state, &AdminProof::from_admin(&admin), &key).await?;
+    Ok(Json(service::present(&state, record)))
+}
+
+/// Converts a single-file checkpoint to a diffusers folder; the converted model gets a new key.
+#[utoipa::path(put, path = "/api/v2/models/convert/{key}", tag = "models",
+    params(("key" = String, Path)),
+    responses((status = 200, body = Object), (status = 400), (status = 401), (status = 403), (status = 409), (status = 424), (status = 500)))]
+pub async fn convert(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = service::convert::convert(&state, &AdminProof::from_admin(&admin), &key).await?;
     Ok(Json(service::present(&state, record)))
 }
 

@@ -46,7 +46,7 @@ use utoipa_swagger_ui::SwaggerUi;
         style_presets::list, style_presets::create, style_presets::get_preset, style_presets::update,
         style_presets::delete, style_presets::image, style_presets::export, style_presets::import,
         models::list, models::missing, models::get_by_attrs, models::get_by_hash, models::get_model,
-        models::update, models::delete, models::reidentify, models::bulk_delete, models::bulk_reidentify,
+        models::update, models::delete, models::reidentify, models::convert, models::bulk_delete, models::bulk_reidentify,
         models::image, models::set_image, models::delete_image, models::scan_folder, models::install,
         models::install_huggingface, models::list_jobs, models::prune_jobs, models::get_job,
         models::cancel_job, models::pause_job, models::resume_job, models::restart_failed,

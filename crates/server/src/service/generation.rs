@@ -2,18 +2,20 @@
 //! items within a memory budget), encoding prompts, denoising, VAE decode and encode through
 //! the engine. Values pass between nodes through the [`TensorStore`] by name.
 //!
-//! Supported today: SD 1.x / 2.x main models in diffusers folders, SD 1.x main models as
-//! single-file LDM checkpoints, and separate SD 1.x/2.x/XL VAE models (diffusers folders or
+//! Supported today: SD 1.x / 2.x / XL main models in diffusers folders, SD 1.x / 2.x main models
+//! as single-file LDM checkpoints, and separate SD 1.x/2.x/XL VAE models (diffusers folders or
 //! single-file LDM checkpoints), on the CPU in f32, with LoRAs (kohya or diffusers/PEFT names)
-//! merged into the UNet and text encoder at load. SDXL and single-file SD 2.x checkpoints are
-//! refused with a clear error (issue 5 tracks them).
+//! merged into the UNet and text encoders at load (SDXL's CLIP 1 and CLIP 2 each from their own
+//! field's LoRAs). Single-file SDXL checkpoints are refused with a clear error.
 
 use crate::service::tensors::{Latents, Stored, TensorStore};
 use atelier_engine::candle::{DType, Device, Tensor};
 use atelier_engine::lora::{Lora, LoraSelection};
 use atelier_engine::pipeline::{
-    latents_from_vec, latents_to_vec, CfgScale, CheckpointConfig, DenoiseRequest, Sd, Vae,
+    latents_from_vec, latents_to_vec, CfgScale, CheckpointConfig, DenoiseRequest, Sd, SdxlAdded,
+    Vae,
 };
+use atelier_engine::schedulers::PredictionType;
 use atelier_graph::NodeError;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -99,29 +101,26 @@ const SD1_LATENT_RGB_FACTORS: [[f32; 3]; 4] = [
     [-0.1307, -0.1874, -0.7445],
 ];
 
-/// A step preview as the reference makes it: latents projected to RGB at 1/8 size, as a JPEG
-/// data URL whose `width`/`height` are the final image's.
-pub fn preview(latents: &Tensor) -> Option<Value> {
+/// InvokeAI's latent-to-RGB factors for SDXL previews, and the 3x3 blur it applies after them.
+const SDXL_LATENT_RGB_FACTORS: [[f32; 3]; 4] = [
+    [0.3816, 0.4930, 0.5320],
+    [-0.3753, 0.1631, 0.1739],
+    [0.1770, 0.3588, -0.2048],
+    [-0.4350, -0.2644, -0.4289],
+];
+const SDXL_SMOOTH_MATRIX: [[f32; 3]; 3] = [
+    [0.0358, 0.0964, 0.0358],
+    [0.0964, 0.4711, 0.0964],
+    [0.0358, 0.0964, 0.0358],
+];
+
+/// A step preview as the reference makes it: latents projected to RGB at 1/8 size (SDXL's then
+/// smoothed by a zero-padded 3x3 convolution), as a JPEG data URL whose `width`/`height` are the
+/// final image's.
+pub fn preview(latents: &Tensor, sdxl: bool) -> Option<Value> {
     use base64::Engine as _;
-    let dims = latents.dims().to_vec();
-    let [_, 4, h, w] = dims.as_slice() else {
-        return None;
-    };
-    let (h, w) = (*h, *w);
-    let data = latents_to_vec(latents).ok()?;
-    let plane = h * w;
-    let mut rgb = image::RgbImage::new(u32::try_from(w).ok()?, u32::try_from(h).ok()?);
-    for (i, px) in rgb.pixels_mut().enumerate() {
-        let mut out = [0u8; 3];
-        for (c, slot) in out.iter_mut().enumerate() {
-            let v: f32 = (0..4)
-                .map(|l| data[l * plane + i] * SD1_LATENT_RGB_FACTORS[l][c])
-                .sum();
-            // `.byte()` truncates.
-            *slot = (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8;
-        }
-        *px = image::Rgb(out);
-    }
+    let rgb = preview_image(latents, sdxl)?;
+    let (w, h) = (rgb.width(), rgb.height());
     let mut jpeg = Vec::new();
     image::DynamicImage::ImageRgb8(rgb)
         .write_to(
@@ -134,6 +133,61 @@ pub fn preview(latents: &Tensor) -> Option<Value> {
         base64::engine::general_purpose::STANDARD.encode(&jpeg)
     );
     Some(serde_json::json!({"width": w * 8, "height": h * 8, "dataURL": url}))
+}
+
+/// The preview's pixels (1/8 of the image's size).
+fn preview_image(latents: &Tensor, sdxl: bool) -> Option<image::RgbImage> {
+    let dims = latents.dims().to_vec();
+    let [_, 4, h, w] = dims.as_slice() else {
+        return None;
+    };
+    let (h, w) = (*h, *w);
+    let data = latents_to_vec(latents).ok()?;
+    let plane = h * w;
+    let factors = if sdxl {
+        &SDXL_LATENT_RGB_FACTORS
+    } else {
+        &SD1_LATENT_RGB_FACTORS
+    };
+    // Projected colours, channel-major: [c][y * w + x].
+    let mut colours = vec![vec![0f32; plane]; 3];
+    for (c, colour) in colours.iter_mut().enumerate() {
+        for (i, v) in colour.iter_mut().enumerate() {
+            *v = (0..4).map(|l| data[l * plane + i] * factors[l][c]).sum();
+        }
+    }
+    if sdxl {
+        for colour in &mut colours {
+            let source = colour.clone();
+            for y in 0..h {
+                for x in 0..w {
+                    let mut sum = 0f32;
+                    for (dy, row) in SDXL_SMOOTH_MATRIX.iter().enumerate() {
+                        for (dx, k) in row.iter().enumerate() {
+                            let (sy, sx) = ((y + dy).checked_sub(1), (x + dx).checked_sub(1));
+                            if let (Some(sy), Some(sx)) = (sy, sx) {
+                                if sy < h && sx < w {
+                                    sum += k * source[sy * w + sx];
+                                }
+                            }
+                        }
+                    }
+                    colour[y * w + x] = sum;
+                }
+            }
+        }
+    }
+    let mut rgb = image::RgbImage::new(u32::try_from(w).ok()?, u32::try_from(h).ok()?);
+    for (i, px) in rgb.pixels_mut().enumerate() {
+        // `.byte()` truncates.
+        let byte = |v: f32| (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8;
+        *px = image::Rgb([
+            byte(colours[0][i]),
+            byte(colours[1][i]),
+            byte(colours[2][i]),
+        ]);
+    }
+    Some(rgb)
 }
 
 fn key_of(field: &Value, member: &str) -> Result<String, NodeError> {
@@ -188,15 +242,13 @@ fn main_record(host: &mut dyn Host, key: &str) -> Result<(Value, bool), NodeErro
         )));
     }
     let base = record["base"].as_str().unwrap_or_default();
-    if !["sd-1", "sd-2"].contains(&base) {
+    if !["sd-1", "sd-2", "sdxl"].contains(&base) {
         return Err(unsupported(&format!("base {base}")));
     }
     let checkpoint = match record["format"].as_str().unwrap_or_default() {
         "diffusers" => false,
-        // Single files in the original LDM layout: SD 1.x only (SD 2.x's OpenCLIP text encoder
-        // needs a conversion the engine does not do yet).
-        "checkpoint" if base == "sd-1" => true,
-        "checkpoint" => return Err(unsupported(&format!("a single-file {base} checkpoint"))),
+        // Single files in the original LDM layout (SD 1.x and 2.x).
+        "checkpoint" => true,
         other => return Err(unsupported(&format!("a main model in {other} format"))),
     };
     Ok((record, checkpoint))
@@ -253,35 +305,66 @@ fn lora_file(path: &Path) -> Result<PathBuf, NodeError> {
         .ok_or_else(|| NodeError::value(format!("{}: no .safetensors LoRA file", path.display())))
 }
 
-/// Loads (or finds in the cache) the main model `key`, with `loras` merged into the part the node
-/// uses (the text encoder gets the CLIP field's LoRAs, the UNet the UNet field's, as InvokeAI
-/// patches each submodel from its own field). The cache key includes the LoRAs and weights, so
-/// the same base with other LoRAs never shares patched weights; LoRAs of weight 0 change nothing
-/// and share the plain model.
+/// The submodel a list of LoRAs is merged into.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LoraSlot {
+    Unet,
+    /// The (first) text encoder: a CLIP field's LoRAs (SDXL's `clip`, patched with `lora_te1_` keys).
+    TextEncoder,
+    /// SDXL's second text encoder: the `clip2` field's LoRAs (patched with `lora_te2_` keys).
+    TextEncoder2,
+}
+
+impl LoraSlot {
+    fn name(self) -> &'static str {
+        match self {
+            LoraSlot::Unet => "unet",
+            LoraSlot::TextEncoder => "text_encoder",
+            LoraSlot::TextEncoder2 => "text_encoder_2",
+        }
+    }
+}
+
+/// Loads (or finds in the cache) the main model `key`, with each slot's LoRAs merged into its
+/// submodel (the text encoder gets the CLIP field's LoRAs, SDXL's second text encoder the CLIP 2
+/// field's, the UNet the UNet field's, as InvokeAI patches each submodel from its own field). The
+/// cache key includes the slots, LoRAs and weights, so the same base with other LoRAs never shares
+/// patched weights; LoRAs of weight 0 change nothing and share the plain model.
 fn model(
     cache: &mut ModelCache,
     host: &mut dyn Host,
     key: &str,
     part: Part,
-    loras: &[(String, f32)],
+    loras: &[(LoraSlot, Vec<(String, f32)>)],
 ) -> Result<Arc<Sd>, NodeError> {
     let submodel = part.submodel();
-    if !loras.is_empty() {
+    if loras.iter().any(|(_, list)| !list.is_empty()) {
         // Checked even when the patched model is cached (or every weight is 0).
         let (record, _) = main_record(host, key)?;
-        lora_records(
-            host,
-            key,
-            record["base"].as_str().unwrap_or_default(),
-            loras,
-        )?;
+        for (_, list) in loras {
+            lora_records(host, key, record["base"].as_str().unwrap_or_default(), list)?;
+        }
     }
-    let active: Vec<&(String, f32)> = loras.iter().filter(|(_, w)| *w != 0.0).collect();
+    let active: Vec<(LoraSlot, Vec<(String, f32)>)> = loras
+        .iter()
+        .map(|(slot, list)| {
+            let list: Vec<(String, f32)> =
+                list.iter().filter(|(_, w)| *w != 0.0).cloned().collect();
+            (*slot, list)
+        })
+        .filter(|(_, list)| !list.is_empty())
+        .collect();
     let cache_key = if active.is_empty() {
         key.to_owned()
     } else {
-        let list: Vec<String> = active.iter().map(|(k, w)| format!("{k}@{w}")).collect();
-        format!("{key}|{submodel}:{}", list.join(","))
+        let slots: Vec<String> = active
+            .iter()
+            .map(|(slot, list)| {
+                let list: Vec<String> = list.iter().map(|(k, w)| format!("{k}@{w}")).collect();
+                format!("{}:{}", slot.name(), list.join(","))
+            })
+            .collect();
+        format!("{key}|{}", slots.join("|"))
     };
     if let Some(Loaded::Sd(m)) = cache.get(&cache_key) {
         return Ok(m);
@@ -291,38 +374,43 @@ fn model(
         host.models_dir(),
         record["path"].as_str().unwrap_or_default(),
     );
-    let owned: Vec<(String, f32)> = active.iter().map(|&l| l.clone()).collect();
     let base = record["base"].as_str().unwrap_or_default().to_owned();
     let mut size = record["file_size"].as_u64().unwrap_or(0);
-    let mut parsed = Vec::new();
-    for (lora_record, (_, weight)) in lora_records(host, key, &base, &owned)?.iter().zip(&owned) {
-        let lora_path = crate::service::models::resolve(
-            host.models_dir(),
-            lora_record["path"].as_str().unwrap_or_default(),
-        );
-        host.model_load(false, lora_record, None);
-        let lora = Lora::load(&lora_file(&lora_path)?).map_err(engine_error)?;
-        host.model_load(true, lora_record, None);
-        size += lora_record["file_size"].as_u64().unwrap_or(0);
-        parsed.push((lora, *weight));
+    let mut parsed: Vec<(LoraSlot, Vec<(Lora, f32)>)> = Vec::new();
+    for (slot, owned) in &active {
+        let mut list = Vec::new();
+        for (lora_record, (_, weight)) in lora_records(host, key, &base, owned)?.iter().zip(owned) {
+            let lora_path = crate::service::models::resolve(
+                host.models_dir(),
+                lora_record["path"].as_str().unwrap_or_default(),
+            );
+            host.model_load(false, lora_record, None);
+            let lora = Lora::load(&lora_file(&lora_path)?).map_err(engine_error)?;
+            host.model_load(true, lora_record, None);
+            size += lora_record["file_size"].as_u64().unwrap_or(0);
+            list.push((lora, *weight));
+        }
+        parsed.push((*slot, list));
     }
-    let refs: Vec<(&Lora, f32)> = parsed.iter().map(|(l, w)| (l, *w)).collect();
-    let selection = match part {
-        Part::TextEncoder => LoraSelection {
-            unet: &[],
-            text_encoder: &refs,
-        },
-        Part::Unet => LoraSelection {
-            unet: &refs,
-            text_encoder: &[],
-        },
-        Part::Vae => LoraSelection::NONE,
+    let (mut unet_loras, mut text_loras, mut text_2_loras) = (Vec::new(), Vec::new(), Vec::new());
+    for (slot, list) in &parsed {
+        let refs = list.iter().map(|(l, w)| (l, *w));
+        match slot {
+            LoraSlot::Unet => unet_loras.extend(refs),
+            LoraSlot::TextEncoder => text_loras.extend(refs),
+            LoraSlot::TextEncoder2 => text_2_loras.extend(refs),
+        }
+    }
+    let selection = LoraSelection {
+        unet: &unet_loras,
+        text_encoder: &text_loras,
+        text_encoder_2: &text_2_loras,
     };
     host.model_load(false, &record, Some(submodel));
     let loaded = if checkpoint {
         Sd::load_checkpoint_with_loras(
             &path,
-            &CheckpointConfig::sd1(),
+            &checkpoint_config(&record),
             &Device::Cpu,
             DType::F32,
             selection,
@@ -335,6 +423,22 @@ fn model(
     let model = Arc::new(loaded);
     cache.insert(&cache_key, size, Loaded::Sd(model.clone()));
     Ok(model)
+}
+
+/// What a single-file checkpoint does not record, from its model record: the base's family, and the
+/// record's prediction type (which the probe guessed as InvokeAI does, and the user may have edited) over
+/// the family's default.
+pub(crate) fn checkpoint_config(record: &Value) -> CheckpointConfig {
+    let config = match record["base"].as_str() {
+        Some("sd-2") => CheckpointConfig::sd2(),
+        Some("sdxl") => CheckpointConfig::sdxl(),
+        _ => CheckpointConfig::sd1(),
+    };
+    match record["prediction_type"].as_str() {
+        Some("v_prediction") => config.with_prediction_type(PredictionType::VPrediction),
+        Some("epsilon") => config.with_prediction_type(PredictionType::Epsilon),
+        _ => config,
+    }
 }
 
 fn record(host: &mut dyn Host, key: &str) -> Result<Value, NodeError> {
@@ -398,34 +502,67 @@ fn vae_model(cache: &mut ModelCache, host: &mut dyn Host, key: &str) -> Result<V
     Ok(VaeOf::Separate(vae))
 }
 
-fn conditioning(tensors: &TensorStore, field: &Value) -> Result<Tensor, NodeError> {
+/// An `sdxl_compel_prompt` result (InvokeAI's `SDXLConditioningInfo`): both encoders' states side
+/// by side, encoder 2's pooled output and the six time ids.
+struct SdxlConditioning {
+    embeds: Tensor,
+    pooled: Tensor,
+    time_ids: [f64; 6],
+}
+
+/// A conditioning as `denoise_latents` uses it.
+enum Conditioning {
+    /// SD 1.x/2.x: (1, 77·k, dim).
+    Plain(Tensor),
+    /// SDXL: embeds (1, 77·k, dim1 + dim2), pooled (1, pooled dim), time ids.
+    Sdxl(Tensor, Tensor, [f64; 6]),
+}
+
+/// The conditioning (or list of them, concatenated along the tokens as for SD 1.x; an SDXL list
+/// keeps the first item's pooled output and time ids) a `denoise_latents` field names.
+fn conditioning(tensors: &TensorStore, field: &Value) -> Result<Conditioning, NodeError> {
     let list: Vec<&Value> = match field {
         Value::Array(items) => items.iter().collect(),
         one => vec![one],
     };
     let mut parts = Vec::new();
+    let mut sdxl: Option<(Tensor, [f64; 6])> = None;
     for item in list {
         if !item["mask"].is_null() {
             return Err(unsupported("a conditioning mask"));
         }
         let name = item["conditioning_name"].as_str().unwrap_or_default();
-        match tensors.get(name) {
-            Some(Stored::Opaque(any)) => match any.downcast_ref::<Tensor>() {
-                Some(t) => parts.push(t.clone()),
-                None => return Err(NodeError::value(format!("{name} is not a conditioning"))),
-            },
-            _ => {
-                return Err(NodeError::new(
-                    "ObjectNotFoundError",
-                    format!("'Object with name {name} not found'"),
-                ))
-            }
+        let Some(Stored::Opaque(any)) = tensors.get(name) else {
+            return Err(NodeError::new(
+                "ObjectNotFoundError",
+                format!("'Object with name {name} not found'"),
+            ));
+        };
+        let is_sdxl = if let Some(t) = any.downcast_ref::<Tensor>() {
+            parts.push(t.clone());
+            false
+        } else if let Some(c) = any.downcast_ref::<SdxlConditioning>() {
+            parts.push(c.embeds.clone());
+            sdxl.get_or_insert_with(|| (c.pooled.clone(), c.time_ids));
+            true
+        } else {
+            return Err(NodeError::value(format!("{name} is not a conditioning")));
+        };
+        if is_sdxl != sdxl.is_some() {
+            return Err(NodeError::value(
+                "a conditioning list mixes SDXL and SD 1.x/2.x conditionings",
+            ));
         }
     }
     if parts.is_empty() {
         return Err(NodeError::value("no conditioning given"));
     }
-    Tensor::cat(&parts, 1).map_err(|e| NodeError::new("RuntimeError", e.to_string()))
+    let embeds =
+        Tensor::cat(&parts, 1).map_err(|e| NodeError::new("RuntimeError", e.to_string()))?;
+    Ok(match sdxl {
+        None => Conditioning::Plain(embeds),
+        Some((pooled, time_ids)) => Conditioning::Sdxl(embeds, pooled, time_ids),
+    })
 }
 
 fn latents(
@@ -462,26 +599,93 @@ fn store_latents(tensors: &TensorStore, t: &Tensor) -> Result<(String, u32, u32)
     Ok((name, px(w), px(h)))
 }
 
-/// `compel`.
+fn skipped_layers(clip: &Value) -> usize {
+    usize::try_from(clip["skipped_layers"].as_u64().unwrap_or(0)).unwrap_or(0)
+}
+
+/// `compel` and `sdxl_compel_prompt`.
 pub fn encode_prompt(
     cache: &mut ModelCache,
     host: &mut dyn Host,
     tensors: &TensorStore,
     request: &Value,
 ) -> Result<String, NodeError> {
-    if !request["clip2"].is_null() {
-        return Err(unsupported("SDXL"));
-    }
     if !request["mask"].is_null() {
         return Err(unsupported("a conditioning mask"));
     }
     let clip = &request["clip"];
     let key = key_of(clip, "text_encoder")?;
-    let sd = model(cache, host, &key, Part::TextEncoder, &loras_of(clip)?)?;
-    let skipped = usize::try_from(clip["skipped_layers"].as_u64().unwrap_or(0)).unwrap_or(0);
+    if !request["clip2"].is_null() {
+        return encode_prompt_sdxl(cache, host, tensors, request, &key);
+    }
+    let sd = model(
+        cache,
+        host,
+        &key,
+        Part::TextEncoder,
+        &[(LoraSlot::TextEncoder, loras_of(clip)?)],
+    )?;
+    if sd.is_sdxl() {
+        return Err(NodeError::value(format!(
+            "model {key} is an SDXL model: its prompts need `sdxl_compel_prompt` (CLIP 1 and 2)"
+        )));
+    }
     let prompt = request["prompt"].as_str().unwrap_or_default();
-    let tensor = sd.encode_prompt(prompt, skipped).map_err(engine_error)?;
+    let tensor = sd
+        .encode_prompt(prompt, skipped_layers(clip))
+        .map_err(engine_error)?;
     Ok(tensors.put("conditioning", Stored::Opaque(Arc::new(tensor))))
+}
+
+/// `sdxl_compel_prompt`: both text encoders of the SDXL model `key` (CLIP 1 on the prompt, CLIP 2
+/// on the style, or on the prompt when the style is blank) and the time ids
+/// `[original_height, original_width, crop_top, crop_left, target_height, target_width]`.
+fn encode_prompt_sdxl(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    tensors: &TensorStore,
+    request: &Value,
+    key: &str,
+) -> Result<String, NodeError> {
+    let (clip, clip2) = (&request["clip"], &request["clip2"]);
+    if key_of(clip2, "text_encoder")? != key {
+        return Err(unsupported("CLIP 1 and CLIP 2 from different models"));
+    }
+    // InvokeAI patches CLIP 1 with the `clip` field's LoRAs (`lora_te1_` keys) and CLIP 2 with the
+    // `clip2` field's (`lora_te2_` keys).
+    let loras = [
+        (LoraSlot::TextEncoder, loras_of(clip)?),
+        (LoraSlot::TextEncoder2, loras_of(clip2)?),
+    ];
+    let sd = model(cache, host, key, Part::TextEncoder, &loras)?;
+    if !sd.is_sdxl() {
+        return Err(NodeError::value(format!(
+            "model {key} is not an SDXL model: use the `compel` node for SD 1.x/2.x models"
+        )));
+    }
+    let number = |name: &str, default: i64| request[name].as_i64().unwrap_or(default) as f64;
+    let time_ids = [
+        number("original_height", 1024),
+        number("original_width", 1024),
+        number("crop_top", 0),
+        number("crop_left", 0),
+        number("target_height", 1024),
+        number("target_width", 1024),
+    ];
+    let encoded = sd
+        .encode_prompt_sdxl(
+            request["prompt"].as_str().unwrap_or_default(),
+            request["style"].as_str().unwrap_or_default(),
+            skipped_layers(clip),
+            skipped_layers(clip2),
+        )
+        .map_err(engine_error)?;
+    let stored = SdxlConditioning {
+        embeds: encoded.embeds,
+        pooled: encoded.pooled,
+        time_ids,
+    };
+    Ok(tensors.put("conditioning", Stored::Opaque(Arc::new(stored))))
 }
 
 /// `denoise_latents`.
@@ -515,7 +719,7 @@ pub fn denoise(
         host,
         &key_of(unet, "unet")?,
         Part::Unet,
-        &loras_of(unet)?,
+        &[(LoraSlot::Unet, loras_of(unet)?)],
     )?;
     let noise = latents(tensors, &request["noise"])?;
     let start = latents(tensors, &request["latents"])?;
@@ -528,9 +732,44 @@ pub fn denoise(
         Value::Array(list) => CfgScale::PerStep(list.iter().filter_map(Value::as_f64).collect()),
         v => CfgScale::Scalar(v.as_f64().unwrap_or(7.5)),
     };
+    let (positive, negative, sdxl) = match (
+        conditioning(tensors, &request["positive_conditioning"])?,
+        conditioning(tensors, &request["negative_conditioning"])?,
+    ) {
+        (Conditioning::Plain(p), Conditioning::Plain(n)) => (p, n, None),
+        (Conditioning::Sdxl(p, p_pooled, p_ids), Conditioning::Sdxl(n, n_pooled, n_ids)) => (
+            p,
+            n,
+            Some(SdxlAdded {
+                positive_pooled: p_pooled,
+                negative_pooled: n_pooled,
+                positive_time_ids: p_ids,
+                negative_time_ids: n_ids,
+            }),
+        ),
+        _ => {
+            return Err(NodeError::value(
+                "the positive and negative conditionings are for different model families",
+            ))
+        }
+    };
+    match (sd.is_sdxl(), sdxl.is_some()) {
+        (true, false) => {
+            return Err(NodeError::value(
+                "an SDXL UNet needs SDXL conditioning (from `sdxl_compel_prompt`)",
+            ))
+        }
+        (false, true) => {
+            return Err(NodeError::value(
+                "SDXL conditioning (from `sdxl_compel_prompt`) needs an SDXL UNet",
+            ))
+        }
+        _ => {}
+    }
+    let is_sdxl = sd.is_sdxl();
     let req = DenoiseRequest {
-        positive: conditioning(tensors, &request["positive_conditioning"])?,
-        negative: conditioning(tensors, &request["negative_conditioning"])?,
+        positive,
+        negative,
         noise: noise.map(|(t, _)| t),
         latents: start.map(|(t, _)| t),
         steps: usize::try_from(request["steps"].as_u64().unwrap_or(10)).unwrap_or(10),
@@ -540,10 +779,11 @@ pub fn denoise(
         denoising_start: request["denoising_start"].as_f64().unwrap_or(0.0),
         denoising_end: request["denoising_end"].as_f64().unwrap_or(1.0),
         seed,
+        sdxl,
     };
     let mut sink = |p: &atelier_engine::pipeline::StepProgress<'_>| {
         let pct = p.step as f64 / p.total_steps.max(1) as f64;
-        host.progress("Denoising", Some(pct), preview(p.latents));
+        host.progress("Denoising", Some(pct), preview(p.latents, is_sdxl));
     };
     let out = sd.denoise(&req, &mut sink, cancel).map_err(engine_error)?;
     store_latents(tensors, &out)
@@ -578,11 +818,19 @@ pub fn encode(
     image: &image::DynamicImage,
     request: &Value,
 ) -> Result<(String, u32, u32), NodeError> {
-    if request["color_compensation"] == "SDXL" {
-        return Err(unsupported("SDXL colour compensation"));
-    }
-    let vae = vae_model(cache, host, &key_of(&request["vae"], "vae")?)?;
-    let t = vae.get().encode(&image.to_rgb8()).map_err(engine_error)?;
+    let key = key_of(&request["vae"], "vae")?;
+    let vae = vae_model(cache, host, &key)?;
+    // InvokeAI's colour compensation applies to SDXL VAEs only; other VAEs ignore the option.
+    let (scale, bias) =
+        if request["color_compensation"] == "SDXL" && record(host, &key)?["base"] == "sdxl" {
+            (1.015, -0.002)
+        } else {
+            (1.0, 0.0)
+        };
+    let t = vae
+        .get()
+        .encode_compensated(&image.to_rgb8(), scale, bias)
+        .map_err(engine_error)?;
     store_latents(tensors, &t)
 }
 
@@ -593,12 +841,46 @@ mod tests {
     use base64::Engine as _;
 
     #[test]
+    fn checkpoint_configs_follow_the_record() {
+        use atelier_engine::ldm::CheckpointFamily;
+        let config = |record: Value| {
+            let c = checkpoint_config(&record);
+            (c.family, c.scheduler.prediction_type)
+        };
+        assert_eq!(
+            config(serde_json::json!({"base": "sd-1", "prediction_type": "epsilon"})),
+            (CheckpointFamily::Sd1, PredictionType::Epsilon)
+        );
+        assert_eq!(
+            config(serde_json::json!({"base": "sd-2", "prediction_type": "v_prediction"})),
+            (CheckpointFamily::Sd2, PredictionType::VPrediction)
+        );
+        // The record's value wins over the family's default (SD 2.x base: ε).
+        assert_eq!(
+            config(serde_json::json!({"base": "sd-2", "prediction_type": "epsilon"})),
+            (CheckpointFamily::Sd2, PredictionType::Epsilon)
+        );
+        assert_eq!(
+            config(serde_json::json!({"base": "sd-1", "prediction_type": "v_prediction"})),
+            (CheckpointFamily::Sd1, PredictionType::VPrediction)
+        );
+        assert_eq!(
+            config(serde_json::json!({"base": "sd-2"})),
+            (CheckpointFamily::Sd2, PredictionType::Epsilon)
+        );
+        assert_eq!(
+            config(serde_json::json!({"base": "sdxl", "prediction_type": "epsilon"})),
+            (CheckpointFamily::Sdxl, PredictionType::Epsilon)
+        );
+    }
+
+    #[test]
     fn previews_project_latents_like_the_reference() {
         // Channel 0 at 1, the others at 0: (1 + factor) / 2 of full scale per colour.
         let mut data = vec![0f32; 4 * 2 * 3];
         data[..6].fill(1.0);
         let latents = latents_from_vec(&[1, 4, 2, 3], data).expect("tensor");
-        let preview = preview(&latents).expect("preview");
+        let preview = preview(&latents, false).expect("preview");
         assert_eq!(
             (preview["width"].clone(), preview["height"].clone()),
             (serde_json::json!(24), serde_json::json!(16))
@@ -613,5 +895,27 @@ mod tests {
         for (got, want) in px.0.iter().zip([171i32, 145, 136]) {
             assert!((i32::from(*got) - want).abs() <= 4, "{px:?}");
         }
+    }
+
+    #[test]
+    fn sdxl_previews_use_their_factors_and_the_smoothing() {
+        // Channel 0 at 1 on a 3x3 grid: the centre sums the whole smoothing kernel (0.9999),
+        // a corner only the four taps inside the grid (0.6997).
+        let mut data = vec![0f32; 4 * 3 * 3];
+        data[..9].fill(1.0);
+        let latents = latents_from_vec(&[1, 4, 3, 3], data).expect("tensor");
+        let img = preview_image(&latents, true).expect("preview");
+        let byte = |v: f32| (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8;
+        let want = |weight: f32| SDXL_LATENT_RGB_FACTORS[0].map(|f| byte(f * weight));
+        let close = |got: [u8; 3], want: [u8; 3]| {
+            got.iter()
+                .zip(want)
+                .all(|(g, w)| (i32::from(*g) - i32::from(w)).abs() <= 1)
+        };
+        assert!(close(img.get_pixel(1, 1).0, want(0.9999)), "{img:?}");
+        assert!(close(img.get_pixel(0, 0).0, want(0.6997)), "{img:?}");
+        assert!(close(img.get_pixel(0, 0).0, [161, 171, 174]), "{img:?}");
+        let plain = preview_image(&latents, false).expect("preview");
+        assert_eq!(plain.get_pixel(0, 0).0, SD1_LATENT_RGB_FACTORS[0].map(byte));
     }
 }

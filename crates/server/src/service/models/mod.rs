@@ -6,9 +6,11 @@
 //!   rows that stop validating are skipped with a warning, never fatal;
 //! - a record's `path` is relative to the models directory when the model lives inside it, and
 //!   only such files are ever deleted;
-//! - update, reidentify, delete and image changes claim the model key, so two concurrent
-//!   operations on one model never interleave (the second gets 409).
+//! - update, reidentify, delete, image changes and conversion claim the model key, so two
+//!   concurrent operations on one model never interleave (the second gets 409); one conversion
+//!   runs at a time.
 
+pub mod convert;
 pub mod download;
 pub mod guard;
 pub mod hash;
@@ -43,6 +45,8 @@ the API or `atelier model add|del`, so the database stays in step with the files
 pub struct ModelsState {
     pub jobs: install::InstallJobs,
     busy: Mutex<HashSet<String>>,
+    /// Set while a conversion runs (models.md §2.2: one at a time, server-wide).
+    pub conversion: convert::ConversionFlag,
 }
 
 /// A claim on one model key, released when dropped.
@@ -764,6 +768,13 @@ pub async fn start_up(state: &AppState) {
         return;
     }
     install::remove_stale_temp_dirs(&models);
+    // No conversion runs yet: anything in its scratch folder was left by an interrupted one.
+    let scratch = models.join(convert::SCRATCH_DIR);
+    if scratch.is_dir() {
+        if let Err(err) = std::fs::remove_dir_all(&scratch) {
+            tracing::warn!(dir = %scratch.display(), error = %err, "cannot remove the conversion scratch folder");
+        }
+    }
     let legacy = state.config.root().join("configs").join("models.yaml");
     if legacy.is_file() {
         tracing::warn!(
