@@ -31,18 +31,7 @@ use crate::EngineError;
 /// The diffusers version written into the configs (the format, not a dependency).
 const DIFFUSERS_VERSION: &str = "0.27.2";
 
-fn io(path: &Path, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Io(format!("{}: {e}", path.display()))
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<(), EngineError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| io(path, e))?;
-    std::fs::write(path, text + "\n").map_err(|e| io(path, e))
-}
-
-fn mkdir(path: &Path) -> Result<(), EngineError> {
-    std::fs::create_dir_all(path).map_err(|e| io(path, e))
-}
+use crate::tiny::{io, mkdir, write_json};
 
 /// One component's tensors under their diffusers names, read on demand.
 struct Component {
@@ -558,47 +547,15 @@ fn scheduler_json(config: &SchedulerConfig, class: &str) -> Value {
 /// The bundled CLIP BPE tokenizer as a transformers `CLIPTokenizer` folder; SD 2.x (OpenCLIP) pads with `!`.
 fn write_tokenizer(dir: &Path, sd2: bool) -> Result<(), EngineError> {
     let (tokens, merges) = crate::tokenizer::openai_clip_bpe()?;
-    let vocab: serde_json::Map<String, Value> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| (t, json!(i)))
-        .collect();
-    let path = dir.join("vocab.json");
-    let text = serde_json::to_string(&vocab).map_err(|e| io(&path, e))?;
-    std::fs::write(&path, text).map_err(|e| io(&path, e))?;
-    let mut text = String::from("#version: 0.2\n");
-    for (a, b) in &merges {
-        text.push_str(a);
-        text.push(' ');
-        text.push_str(b);
-        text.push('\n');
-    }
-    let path = dir.join("merges.txt");
-    std::fs::write(&path, text).map_err(|e| io(&path, e))?;
     let pad = if sd2 { "!" } else { "<|endoftext|>" };
-    write_json(
-        &dir.join("special_tokens_map.json"),
-        &json!({
-            "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>",
-            "pad_token": pad,
-            "unk_token": "<|endoftext|>",
-        }),
-    )?;
-    write_json(
-        &dir.join("tokenizer_config.json"),
-        &json!({
-            "add_prefix_space": false,
-            "bos_token": "<|startoftext|>",
-            "clean_up_tokenization_spaces": true,
-            "do_lower_case": true,
-            "eos_token": "<|endoftext|>",
-            "errors": "replace",
-            "model_max_length": 77,
-            "pad_token": pad,
-            "tokenizer_class": "CLIPTokenizer",
-            "unk_token": "<|endoftext|>",
-        }),
+    crate::tiny::write_clip_tokenizer(
+        dir,
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i as u32)),
+        &merges,
+        pad,
     )
 }
 

@@ -55,6 +55,54 @@ pub(crate) fn mkdir(path: &Path) -> Result<(), EngineError> {
     std::fs::create_dir_all(path).map_err(|e| io(path, e))
 }
 
+/// Writes a transformers `CLIPTokenizer` folder: `vocab.json`, `merges.txt`, `special_tokens_map.json` and
+/// `tokenizer_config.json`. `pad` is `<|endoftext|>` (OpenAI CLIP) or `!` (OpenCLIP: SD 2.x, SDXL's encoder 2).
+pub(crate) fn write_clip_tokenizer<'a>(
+    dir: &Path,
+    vocab: impl IntoIterator<Item = (&'a str, u32)>,
+    merges: &[(String, String)],
+    pad: &str,
+) -> Result<(), EngineError> {
+    mkdir(dir)?;
+    let vocab: serde_json::Map<String, Value> = vocab
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), json!(v)))
+        .collect();
+    let path = dir.join("vocab.json");
+    let text = serde_json::to_string(&vocab).map_err(|e| io(&path, e))?;
+    std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+    let mut text = String::from("#version: 0.2\n");
+    for (a, b) in merges {
+        text.push_str(&format!("{a} {b}\n"));
+    }
+    let path = dir.join("merges.txt");
+    std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+    write_json(
+        &dir.join("special_tokens_map.json"),
+        &json!({
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": pad,
+            "unk_token": "<|endoftext|>",
+        }),
+    )?;
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &json!({
+            "add_prefix_space": false,
+            "bos_token": "<|startoftext|>",
+            "clean_up_tokenization_spaces": true,
+            "do_lower_case": true,
+            "eos_token": "<|endoftext|>",
+            "errors": "replace",
+            "model_max_length": 77,
+            "pad_token": pad,
+            "tokenizer_class": "CLIPTokenizer",
+            "unk_token": "<|endoftext|>",
+        }),
+    )
+}
+
 /// The tiny tokenizer: byte symbols, byte symbols with `</w>`, the merges of [`TINY_WORDS`], then the two
 /// specials (CLIP's own layout, in miniature).
 pub(crate) fn tiny_vocab() -> (BTreeMap<String, u32>, Vec<(String, String)>) {
@@ -263,6 +311,18 @@ const TEXT_INTERMEDIATE: usize = 64;
 const TEXT_POSITIONS: usize = 77;
 
 fn text_encoder_names(vocab_size: usize, h: usize) -> TensorSpecs {
+    clip_names(vocab_size, h, TEXT_LAYERS, TEXT_INTERMEDIATE, false)
+}
+
+/// The tensors of a transformers CLIP text encoder (`text_model.…`, 77 positions), sorted; with
+/// `projection`, an `h`-wide `text_projection` as `CLIPTextModelWithProjection` has.
+pub(crate) fn clip_names(
+    vocab_size: usize,
+    h: usize,
+    layers: usize,
+    intermediate: usize,
+    projection: bool,
+) -> TensorSpecs {
     let mut names = vec![
         (
             "text_model.embeddings.token_embedding.weight".to_string(),
@@ -275,7 +335,7 @@ fn text_encoder_names(vocab_size: usize, h: usize) -> TensorSpecs {
         ("text_model.final_layer_norm.weight".to_string(), vec![h]),
         ("text_model.final_layer_norm.bias".to_string(), vec![h]),
     ];
-    for i in 0..TEXT_LAYERS {
+    for i in 0..layers {
         let p = format!("text_model.encoder.layers.{i}");
         for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
             names.push((format!("{p}.self_attn.{proj}.weight"), vec![h, h]));
@@ -285,10 +345,13 @@ fn text_encoder_names(vocab_size: usize, h: usize) -> TensorSpecs {
             names.push((format!("{p}.{norm}.weight"), vec![h]));
             names.push((format!("{p}.{norm}.bias"), vec![h]));
         }
-        names.push((format!("{p}.mlp.fc1.weight"), vec![TEXT_INTERMEDIATE, h]));
-        names.push((format!("{p}.mlp.fc1.bias"), vec![TEXT_INTERMEDIATE]));
-        names.push((format!("{p}.mlp.fc2.weight"), vec![h, TEXT_INTERMEDIATE]));
+        names.push((format!("{p}.mlp.fc1.weight"), vec![intermediate, h]));
+        names.push((format!("{p}.mlp.fc1.bias"), vec![intermediate]));
+        names.push((format!("{p}.mlp.fc2.weight"), vec![h, intermediate]));
         names.push((format!("{p}.mlp.fc2.bias"), vec![h]));
+    }
+    if projection {
+        names.push(("text_projection.weight".to_string(), vec![h, h]));
     }
     names.sort();
     names
@@ -527,42 +590,12 @@ fn write_tiny(dir: &Path, family: Family, seed: u64, twin: bool) -> Result<(), E
     } else {
         tiny_vocab()
     };
-    let tok = dir.join("tokenizer");
-    let vocab_json: serde_json::Map<String, Value> =
-        vocab.iter().map(|(k, &v)| (k.clone(), json!(v))).collect();
-    std::fs::write(
-        tok.join("vocab.json"),
-        serde_json::to_string(&vocab_json).map_err(|e| io(&tok, e))?,
-    )
-    .map_err(|e| io(&tok, e))?;
-    let mut merges_text = String::from("#version: 0.2\n");
-    for (a, b) in &merges {
-        merges_text.push_str(&format!("{a} {b}\n"));
-    }
-    std::fs::write(tok.join("merges.txt"), merges_text).map_err(|e| io(&tok, e))?;
     let pad = if sd2 { "!" } else { "<|endoftext|>" };
-    write_json(
-        &tok.join("special_tokens_map.json"),
-        &json!({
-            "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>",
-            "pad_token": pad,
-            "unk_token": "<|endoftext|>",
-        }),
-    )?;
-    write_json(
-        &tok.join("tokenizer_config.json"),
-        &json!({
-            "add_prefix_space": false,
-            "bos_token": "<|startoftext|>",
-            "do_lower_case": true,
-            "eos_token": "<|endoftext|>",
-            "errors": "replace",
-            "model_max_length": 77,
-            "pad_token": pad,
-            "tokenizer_class": "CLIPTokenizer",
-            "unk_token": "<|endoftext|>",
-        }),
+    write_clip_tokenizer(
+        &dir.join("tokenizer"),
+        vocab.iter().map(|(k, &v)| (k.as_str(), v)),
+        &merges,
+        pad,
     )?;
 
     // Text encoder.

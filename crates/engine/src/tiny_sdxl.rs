@@ -20,7 +20,7 @@ use crate::config::{unet_extras, unet_spec};
 use crate::lora::{sdxl_diffusers_to_ldm, LoraTarget};
 use crate::noise::TorchGenerator;
 use crate::tiny::TensorSpecs;
-use crate::tiny::{io, mkdir, tiny_vocab, vae_config, write_json, write_random, Recorder};
+use crate::tiny::{mkdir, tiny_vocab, vae_config, write_json, write_random, Recorder};
 use crate::unet::UNet2DConditionModel;
 use crate::EngineError;
 
@@ -127,38 +127,7 @@ fn encoder_names(
     (h, layers, intermediate, _): (usize, usize, usize, usize),
     projection: bool,
 ) -> TensorSpecs {
-    let mut names = vec![
-        (
-            "text_model.embeddings.token_embedding.weight".to_string(),
-            vec![vocab_size, h],
-        ),
-        (
-            "text_model.embeddings.position_embedding.weight".to_string(),
-            vec![POSITIONS, h],
-        ),
-        ("text_model.final_layer_norm.weight".to_string(), vec![h]),
-        ("text_model.final_layer_norm.bias".to_string(), vec![h]),
-    ];
-    for i in 0..layers {
-        let p = format!("text_model.encoder.layers.{i}");
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            names.push((format!("{p}.self_attn.{proj}.weight"), vec![h, h]));
-            names.push((format!("{p}.self_attn.{proj}.bias"), vec![h]));
-        }
-        for norm in ["layer_norm1", "layer_norm2"] {
-            names.push((format!("{p}.{norm}.weight"), vec![h]));
-            names.push((format!("{p}.{norm}.bias"), vec![h]));
-        }
-        names.push((format!("{p}.mlp.fc1.weight"), vec![intermediate, h]));
-        names.push((format!("{p}.mlp.fc1.bias"), vec![intermediate]));
-        names.push((format!("{p}.mlp.fc2.weight"), vec![h, intermediate]));
-        names.push((format!("{p}.mlp.fc2.bias"), vec![h]));
-    }
-    if projection {
-        names.push(("text_projection.weight".to_string(), vec![h, h]));
-    }
-    names.sort();
-    names
+    crate::tiny::clip_names(vocab_size, h, layers, intermediate, projection)
 }
 
 /// The tiny vocabulary or the full bundled OpenAI CLIP one, with its merges.
@@ -181,43 +150,12 @@ fn vocabulary(full: bool) -> Result<Vocab, EngineError> {
 }
 
 fn write_tokenizer(dir: &Path, pad: &str, full: bool) -> Result<usize, EngineError> {
-    mkdir(dir)?;
     let (vocab, merges) = vocabulary(full)?;
-    let vocab_json: serde_json::Map<String, Value> =
-        vocab.iter().map(|(k, &v)| (k.clone(), json!(v))).collect();
-    std::fs::write(
-        dir.join("vocab.json"),
-        serde_json::to_string(&vocab_json).map_err(|e| io(dir, e))?,
-    )
-    .map_err(|e| io(dir, e))?;
-    let mut merges_text = String::from("#version: 0.2\n");
-    for (a, b) in &merges {
-        merges_text.push_str(&format!("{a} {b}\n"));
-    }
-    std::fs::write(dir.join("merges.txt"), merges_text).map_err(|e| io(dir, e))?;
-    write_json(
-        &dir.join("special_tokens_map.json"),
-        &json!({
-            "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>",
-            "pad_token": pad,
-            "unk_token": "<|endoftext|>",
-        }),
-    )?;
-    write_json(
-        &dir.join("tokenizer_config.json"),
-        &json!({
-            "add_prefix_space": false,
-            "bos_token": "<|startoftext|>",
-            "clean_up_tokenization_spaces": true,
-            "do_lower_case": true,
-            "eos_token": "<|endoftext|>",
-            "errors": "replace",
-            "model_max_length": POSITIONS,
-            "pad_token": pad,
-            "tokenizer_class": "CLIPTokenizer",
-            "unk_token": "<|endoftext|>",
-        }),
+    crate::tiny::write_clip_tokenizer(
+        dir,
+        vocab.iter().map(|(k, &v)| (k.as_str(), v)),
+        &merges,
+        pad,
     )?;
     Ok(vocab.len())
 }

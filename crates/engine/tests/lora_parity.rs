@@ -7,11 +7,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
 use atelier_engine::candle::{DType, Device};
 use atelier_engine::lora::{Lora, LoraSelection};
 use atelier_engine::noise::randn;
 use atelier_engine::pipeline::{latents_from_vec, latents_to_vec, Sd};
 use atelier_engine::tiny::{write_tiny_lora, write_tiny_sd, Family, LoraNaming};
+use common::relative_error;
 use serde::Deserialize;
 
 const SEED: u64 = 1234;
@@ -38,20 +41,6 @@ struct Case {
     timestep: f64,
     unet: Vec<f32>,
     unet_tanh_geglu: Vec<f32>,
-}
-
-fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
-    assert_eq!(ours.len(), theirs.len(), "length");
-    let scale = theirs
-        .iter()
-        .map(|v| f64::from(v.abs()))
-        .fold(1e-12, f64::max);
-    let diff = ours
-        .iter()
-        .zip(theirs)
-        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
-        .fold(0.0, f64::max);
-    diff / scale
 }
 
 #[test]

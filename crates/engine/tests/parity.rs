@@ -10,6 +10,9 @@
 // Test helpers fail loudly on broken fixtures.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
+use common::relative_error;
 use std::collections::BTreeMap;
 
 use atelier_engine::noise::{randn, stochastic_seed, TorchGenerator};
@@ -78,21 +81,6 @@ fn assert_noise_close(ours: &[f32], theirs: &[f32], what: &str) {
             "{what}[{i}]: ours {a}, torch {b}"
         );
     }
-}
-
-/// max|a − b| / max|b| over a tensor.
-fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
-    assert_eq!(ours.len(), theirs.len(), "length");
-    let scale = theirs
-        .iter()
-        .map(|v| f64::from(v.abs()))
-        .fold(1e-12, f64::max);
-    let diff = ours
-        .iter()
-        .zip(theirs)
-        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
-        .fold(0.0, f64::max);
-    diff / scale
 }
 
 #[test]

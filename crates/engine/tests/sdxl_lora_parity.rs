@@ -8,6 +8,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
+use common::relative_error;
 use std::path::Path;
 
 use atelier_engine::candle::{DType, Device, Tensor};
@@ -67,20 +70,6 @@ fn fixtures() -> Fixtures {
     let f: Fixtures = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert_eq!(f.seed, SEED, "fixtures made from another seed");
     f
-}
-
-fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
-    assert_eq!(ours.len(), theirs.len(), "length");
-    let scale = theirs
-        .iter()
-        .map(|v| f64::from(v.abs()))
-        .fold(1e-12, f64::max);
-    let diff = ours
-        .iter()
-        .zip(theirs)
-        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
-        .fold(0.0, f64::max);
-    diff / scale
 }
 
 fn values(t: &Tensor) -> Vec<f32> {

@@ -7,6 +7,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
+use common::relative_error;
 use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
@@ -112,20 +115,6 @@ fn fixtures() -> &'static Fixtures {
         assert_eq!(f.seed, SEED, "fixtures made from another seed");
         f
     })
-}
-
-fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
-    assert_eq!(ours.len(), theirs.len(), "length");
-    let scale = theirs
-        .iter()
-        .map(|v| f64::from(v.abs()))
-        .fold(1e-12, f64::max);
-    let diff = ours
-        .iter()
-        .zip(theirs)
-        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
-        .fold(0.0, f64::max);
-    diff / scale
 }
 
 fn assert_close(ours: &[f32], theirs: &[f32], what: &str) -> f64 {

@@ -537,25 +537,7 @@ async fn a_lora_changes_the_image_and_weight_zero_does_not() {
     };
     let mut pixels = Vec::new();
     for weight in [None, Some(0.8), Some(0.0), Some(0.8)] {
-        let r = s.post("/api/v1/generate", None, &body(weight)).await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(r.body["status"], "completed", "{}", r.text);
-        let name = r.body["images"][0]["image_name"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        if let Some(w) = weight {
-            let meta = s
-                .get(&format!("/api/v1/images/i/{name}/metadata"), None)
-                .await;
-            assert_eq!(
-                meta.body["loras"][0]["model"]["key"], lora_key,
-                "{}",
-                meta.text
-            );
-            assert_eq!(meta.body["loras"][0]["weight"], json!(w));
-        }
-        pixels.push(image_pixels(&s, None, &name).await);
+        pixels.push(generate_with_lora(&s, &body(weight), &lora_key, weight).await);
     }
     assert_ne!(
         pixels[0].as_raw(),
@@ -616,6 +598,32 @@ async fn a_lora_changes_the_image_and_weight_zero_does_not() {
     let r = s.post("/api/v1/generate", None, &b).await;
     assert_eq!(r.status, 422, "{}", r.text);
     assert!(r.text.contains("is not a LoRA for sd-1"), "{}", r.text);
+}
+
+/// Generates `body` through `POST /api/v1/generate`, checks that the image's metadata names the
+/// LoRA `lora_key` at `weight` (when there is one), and returns the pixels.
+async fn generate_with_lora(
+    s: &TestServer,
+    body: &Value,
+    lora_key: &Value,
+    weight: Option<f64>,
+) -> image::RgbImage {
+    let r = s.post("/api/v1/generate", None, body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    let name = r.body["images"][0]["image_name"].as_str().unwrap();
+    if let Some(w) = weight {
+        let meta = s
+            .get(&format!("/api/v1/images/i/{name}/metadata"), None)
+            .await;
+        assert_eq!(
+            meta.body["loras"][0]["model"]["key"], *lora_key,
+            "{}",
+            meta.text
+        );
+        assert_eq!(meta.body["loras"][0]["weight"], json!(w));
+    }
+    image_pixels(s, None, name).await
 }
 
 /// A model record as the identifier a graph carries.
@@ -882,25 +890,7 @@ async fn an_sdxl_lora_changes_the_image_and_weight_zero_does_not() {
     };
     let mut pixels = Vec::new();
     for weight in [None, Some(0.8), Some(0.0)] {
-        let r = s.post("/api/v1/generate", None, &body(weight)).await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(r.body["status"], "completed", "{}", r.text);
-        let name = r.body["images"][0]["image_name"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        if let Some(w) = weight {
-            let meta = s
-                .get(&format!("/api/v1/images/i/{name}/metadata"), None)
-                .await;
-            assert_eq!(
-                meta.body["loras"][0]["model"]["key"], lora_key,
-                "{}",
-                meta.text
-            );
-            assert_eq!(meta.body["loras"][0]["weight"], json!(w));
-        }
-        pixels.push(image_pixels(&s, None, &name).await);
+        pixels.push(generate_with_lora(&s, &body(weight), &lora_key, weight).await);
     }
     assert_ne!(
         pixels[0].as_raw(),
