@@ -683,3 +683,95 @@ fn broken_sd2_checkpoints_are_clear_errors(file: &std::path::Path, dir: &std::pa
         "{err}"
     );
 }
+
+/// The dtype is plumbed through (what the `cuda` build uses with f16): the same tiny SD 1.x and
+/// SDXL models loaded in f16 on the CPU generate what f32 does, up to f16's precision.
+#[test]
+fn f16_models_generate_like_f32() {
+    let generate = |dir: &std::path::Path, dtype: DType| {
+        let sd = Sd::load(dir, &Device::Cpu, dtype).unwrap();
+        let mut req = DenoiseRequest {
+            steps: 2,
+            ..request_for(&sd)
+        };
+        if sd.is_sdxl() {
+            let (pos, neg) = (
+                sd.encode_prompt_sdxl("a photo of a cat", "", 0, 0).unwrap(),
+                sd.encode_prompt_sdxl("", "", 0, 0).unwrap(),
+            );
+            req.positive = pos.embeds;
+            req.negative = neg.embeds;
+            req.sdxl = Some(atelier_engine::SdxlAdded {
+                positive_pooled: pos.pooled,
+                negative_pooled: neg.pooled,
+                positive_time_ids: [64.0, 64.0, 0.0, 0.0, 64.0, 64.0],
+                negative_time_ids: [64.0, 64.0, 0.0, 0.0, 64.0, 64.0],
+            });
+        }
+        let latents = sd
+            .denoise(&req, &mut NoProgress, &AtomicBool::new(false))
+            .unwrap();
+        (
+            latents_to_vec(&latents).unwrap(),
+            sd.decode(&latents).unwrap(),
+        )
+    };
+    let sd1 = tempfile::tempdir().unwrap();
+    write_tiny_sd(sd1.path(), Family::Sd1, 7).unwrap();
+    let sdxl = tempfile::tempdir().unwrap();
+    atelier_engine::tiny_sdxl::write_tiny_sdxl(sdxl.path(), 7).unwrap();
+    for dir in [sd1.path(), sdxl.path()] {
+        let (l32, img32) = generate(dir, DType::F32);
+        let (l16, img16) = generate(dir, DType::F16);
+        let scale = l32.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let diff = l32
+            .iter()
+            .zip(&l16)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff / scale < 2e-2,
+            "{}: latents differ by {diff} of {scale}",
+            dir.display()
+        );
+        let worst = img32
+            .as_raw()
+            .iter()
+            .zip(img16.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 8,
+            "{}: pixels differ by up to {worst}",
+            dir.display()
+        );
+    }
+}
+
+/// [`request`] with prompts only an SD 1.x/2.x model can encode left out for SDXL.
+fn request_for(sd: &Sd) -> DenoiseRequest {
+    if sd.is_sdxl() {
+        let zeros = atelier_engine::candle::Tensor::zeros(
+            (1, 77, sd.conditioning_dim()),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        DenoiseRequest {
+            positive: zeros.clone(),
+            negative: zeros,
+            noise: Some(Sd::noise(1, 64, 64).unwrap()),
+            latents: None,
+            steps: 4,
+            cfg_scale: CfgScale::Scalar(7.5),
+            cfg_rescale_multiplier: 0.0,
+            scheduler: "euler".into(),
+            denoising_start: 0.0,
+            denoising_end: 1.0,
+            seed: 1,
+            sdxl: None,
+        }
+    } else {
+        request(sd, "euler")
+    }
+}
