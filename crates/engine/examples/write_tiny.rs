@@ -7,12 +7,15 @@
 //! attention projections and a conv (`tools/reference/make_lora_fixtures.py`), `<dir>/sdxl`: the tiny SDXL
 //! model (`tools/reference/make_sdxl_fixtures.py`), and `<dir>/sdxl-lora.safetensors`: a rank-4 kohya LoRA for
 //! it with `lora_te1_`/`lora_te2_` and LDM-named UNet keys, and `<dir>/sdxl-lora-diffusers-names.safetensors`: the
-//! same factors with flattened diffusers UNet names (`tools/reference/make_sdxl_lora_fixtures.py`).
+//! same factors with flattened diffusers UNet names (`tools/reference/make_sdxl_lora_fixtures.py`), and
+//! `<dir>/sdxl-refiner`: the tiny SDXL refiner (`tools/reference/make_sdxl_refiner_fixtures.py`).
 
 use std::path::PathBuf;
 
 use atelier_engine::tiny::{write_ldm_vae, write_tiny_lora, write_tiny_sd, Family, LoraNaming};
-use atelier_engine::tiny_sdxl::{write_tiny_sdxl, write_tiny_sdxl_lora, SdxlLoraNaming};
+use atelier_engine::tiny_sdxl::{
+    write_tiny_sdxl, write_tiny_sdxl_lora, write_tiny_sdxl_refiner, SdxlLoraNaming,
+};
 
 /// The seed the committed fixtures were made with.
 const DEFAULT_SEED: u64 = 1234;
@@ -64,5 +67,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seed + 1,
         )?;
     }
+    write_tiny_sdxl_refiner(&dir.join("sdxl-refiner"), seed)?;
     Ok(())
 }

@@ -92,24 +92,26 @@ pub struct DenoiseRequest {
     pub sdxl: Option<SdxlAdded>,
 }
 
-/// SDXL's added conditioning of one `denoise_latents` call: the pooled text embeddings and the time ids
-/// `[original_h, original_w, crop_top, crop_left, target_h, target_w]` of each side.
+/// SDXL's added conditioning of one `denoise_latents` call: the pooled text embeddings and the time ids of each
+/// side: the base's 6 `[original_h, original_w, crop_top, crop_left, target_h, target_w]`, the refiner's 5
+/// `[original_h, original_w, crop_top, crop_left, aesthetic_score]` ([`Sd::time_id_count`]).
 #[derive(Debug, Clone)]
 pub struct SdxlAdded {
     /// Pooled embedding of the positive prompt (1, pooled_dim).
     pub positive_pooled: Tensor,
     /// Pooled embedding of the negative prompt (1, pooled_dim).
     pub negative_pooled: Tensor,
-    /// Time ids of the positive side.
-    pub positive_time_ids: [f64; 6],
+    /// Time ids of the positive side ([`Sd::time_id_count`] of them).
+    pub positive_time_ids: Vec<f64>,
     /// Time ids of the negative side.
-    pub negative_time_ids: [f64; 6],
+    pub negative_time_ids: Vec<f64>,
 }
 
-/// An SDXL prompt's conditioning ([`Sd::encode_prompt_sdxl`]).
+/// An SDXL prompt's conditioning ([`Sd::encode_prompt_sdxl`], [`Sd::encode_prompt_sdxl_refiner`]).
 #[derive(Debug, Clone)]
 pub struct SdxlConditioning {
-    /// Both encoders' penultimate hidden states side by side: (1, 77·k, dim1 + dim2), f32.
+    /// Both encoders' penultimate hidden states side by side: (1, 77·k, dim1 + dim2), f32 (the refiner: the
+    /// second encoder's alone, (1, 77·k, dim2)).
     pub embeds: Tensor,
     /// The second encoder's pooled, projected embedding: (1, pooled_dim), f32.
     pub pooled: Tensor,
@@ -195,8 +197,8 @@ impl CheckpointConfig {
 /// A loaded SD 1.x / 2.x / XL model: tokenizer, text encoder (SDXL: and the second tokenizer and text encoder),
 /// UNet, VAE and scheduler configuration.
 pub struct Sd {
-    tokenizer: ClipTokenizer,
-    text_encoder: ClipTextTransformer,
+    /// The (first) tokenizer and text encoder; `None` for the SDXL refiner, which has only the second.
+    first: Option<TokenizedEncoder>,
     text_encoder_2: Option<SecondEncoder>,
     unet: UNet2DConditionModel,
     unet_spec: UNetSpec,
@@ -698,8 +700,7 @@ impl Sd {
             ));
         }
         Ok(Self {
-            tokenizer,
-            text_encoder,
+            first: Some((tokenizer, text_encoder)),
             text_encoder_2: None,
             unet,
             unet_spec,
@@ -710,14 +711,14 @@ impl Sd {
         })
     }
 
-    /// The tokenizer.
-    pub fn tokenizer(&self) -> &ClipTokenizer {
-        &self.tokenizer
+    /// The (first) tokenizer; `None` for the SDXL refiner.
+    pub fn tokenizer(&self) -> Option<&ClipTokenizer> {
+        self.first.as_ref().map(|(t, _)| t)
     }
 
-    /// The text encoder.
-    pub fn text_encoder(&self) -> &ClipTextTransformer {
-        &self.text_encoder
+    /// The (first) text encoder; `None` for the SDXL refiner.
+    pub fn text_encoder(&self) -> Option<&ClipTextTransformer> {
+        self.first.as_ref().map(|(_, e)| e)
     }
 
     /// The UNet (for benchmarks and parity tests).
@@ -762,7 +763,12 @@ impl Sd {
                 "an SDXL model's prompts are encoded with encode_prompt_sdxl".into(),
             ));
         }
-        crate::prompt::encode(&self.tokenizer, &self.text_encoder, text, skipped_layers)
+        let Some((tokenizer, text_encoder)) = &self.first else {
+            return Err(EngineError::InvalidArgument(
+                "this model has no first text encoder".into(),
+            ));
+        };
+        crate::prompt::encode(tokenizer, text_encoder, text, skipped_layers)
     }
 
     /// One UNet evaluation, in the model's dtype, returning f32.
@@ -775,8 +781,8 @@ impl Sd {
         self.unet_forward_added(x, timestep, context, None)
     }
 
-    /// [`Sd::unet_forward`] with SDXL's added conditioning `(text_embeds (B, pooled_dim), time_ids (B, 6))`,
-    /// which an SDXL model requires and other models refuse.
+    /// [`Sd::unet_forward`] with SDXL's added conditioning `(text_embeds (B, pooled_dim), time_ids (B, n))`
+    /// (n = [`Sd::time_id_count`]), which an SDXL model requires and other models refuse.
     pub fn unet_forward_added(
         &self,
         x: &Tensor,
@@ -1026,8 +1032,15 @@ impl Sd {
             apply_loras(&mut files, target, loras)?;
             ClipTextTransformer::from_files(config, files, dtype, device)
         };
-        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let text_encoder = clip("text_encoder", LoraTarget::TextEncoder, loras.text_encoder)?;
+        // The SDXL refiner has no first text encoder (model_index.json: `"text_encoder": [null, null]`).
+        let first = if dir.join("text_encoder").is_dir() {
+            Some((
+                ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
+                clip("text_encoder", LoraTarget::TextEncoder, loras.text_encoder)?,
+            ))
+        } else {
+            None
+        };
         let tokenizer_2 = ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?;
         let text_encoder_2 = clip(
             "text_encoder_2",
@@ -1040,7 +1053,7 @@ impl Sd {
             scheduler_config(&dir.join("scheduler").join("scheduler_config.json"))?;
         Self::assemble_sdxl(
             dir,
-            [(tokenizer, text_encoder), (tokenizer_2, text_encoder_2)],
+            (first, (tokenizer_2, text_encoder_2)),
             (unet, unet_spec),
             vae,
             scheduler_config,
@@ -1100,10 +1113,10 @@ impl Sd {
         let vae = Vae::load_checkpoint(file, config.vae_scaling_factor, device, dtype)?;
         Self::assemble_sdxl(
             file,
-            [
-                (ClipTokenizer::openai_clip()?, text_encoder),
+            (
+                Some((ClipTokenizer::openai_clip()?, text_encoder)),
                 (ClipTokenizer::open_clip()?, text_encoder_2),
-            ],
+            ),
             (unet, unet_spec),
             vae,
             config.scheduler.clone(),
@@ -1113,10 +1126,11 @@ impl Sd {
     }
 
     /// Checks an SDXL model's parts against each other (widths, the addition embedding, the projection) and
-    /// puts them together; `origin` (the folder or file) is named in errors.
+    /// puts them together; `origin` (the folder or file) is named in errors. Without a first encoder it is the
+    /// refiner: the UNet's cross-attention width is the second encoder's and it takes 5 time ids, not 6.
     fn assemble_sdxl(
         origin: &Path,
-        [(tokenizer, text_encoder), (tokenizer_2, text_encoder_2)]: [TokenizedEncoder; 2],
+        (first, (tokenizer_2, text_encoder_2)): (Option<TokenizedEncoder>, TokenizedEncoder),
         (unet, unet_spec): (UNet2DConditionModel, UNetSpec),
         vae: Vae,
         scheduler_config: SchedulerConfig,
@@ -1130,7 +1144,7 @@ impl Sd {
             )))
         };
         let (h1, h2) = (
-            text_encoder.config().hidden_size,
+            first.as_ref().map_or(0, |(_, e)| e.config().hidden_size),
             text_encoder_2.config().hidden_size,
         );
         if h1 + h2 != unet_spec.config.cross_attention_dim {
@@ -1150,21 +1164,25 @@ impl Sd {
         if !text_encoder_2.has_projection() {
             return bad("text_encoder_2 has no text_projection".into());
         }
-        if pooled_dim + 6 * text_time.time_embed_dim != text_time.input_dim {
+        let time_ids = if first.is_some() { 6 } else { 5 };
+        if pooled_dim + time_ids * text_time.time_embed_dim != text_time.input_dim {
             return bad(format!(
-                "the pooled width {pooled_dim} + 6 × {} does not match the UNet's \
+                "the pooled width {pooled_dim} + {time_ids} × {} does not match the UNet's \
                  projection_class_embeddings_input_dim {}",
                 text_time.time_embed_dim, text_time.input_dim
             ));
         }
-        for (t, e) in [(&tokenizer, &text_encoder), (&tokenizer_2, &text_encoder_2)] {
+        for (t, e) in first
+            .iter()
+            .map(|(t, e)| (t, e))
+            .chain([(&tokenizer_2, &text_encoder_2)])
+        {
             if t.vocab_size() > e.config().vocab_size {
                 return bad("a tokenizer's vocabulary is larger than its text encoder's".into());
             }
         }
         Ok(Self {
-            tokenizer,
-            text_encoder,
+            first,
             text_encoder_2: Some(SecondEncoder {
                 tokenizer: tokenizer_2,
                 encoder: text_encoder_2,
@@ -1178,9 +1196,23 @@ impl Sd {
         })
     }
 
-    /// Whether this is an SDXL model (two text encoders, the UNet's addition embedding).
+    /// Whether this is an SDXL model (two text encoders, the UNet's addition embedding), base or refiner.
     pub fn is_sdxl(&self) -> bool {
         self.text_encoder_2.is_some()
+    }
+
+    /// Whether this is the SDXL refiner: the second text encoder alone, 5 time ids
+    /// ([`Sd::encode_prompt_sdxl_refiner`]).
+    pub fn is_sdxl_refiner(&self) -> bool {
+        self.text_encoder_2.is_some() && self.first.is_none()
+    }
+
+    /// How many time ids [`SdxlAdded`] carries per side: 6 for the SDXL base, 5 for the refiner, `None` for
+    /// SD 1.x/2.x.
+    pub fn time_id_count(&self) -> Option<usize> {
+        let text_time = self.unet.text_time()?;
+        let pooled = self.pooled_dim()?;
+        Some((text_time.input_dim - pooled) / text_time.time_embed_dim.max(1))
     }
 
     /// SDXL's second tokenizer and text encoder (`CLIPTextModelWithProjection`).
@@ -1217,38 +1249,25 @@ impl Sd {
                 "encode_prompt_sdxl needs an SDXL model".into(),
             ));
         };
-        let c1 = sdxl_states(
-            &self.tokenizer,
-            &self.text_encoder,
-            prompt,
-            skipped_layers_1,
-        )?;
+        let Some((tokenizer, text_encoder)) = &self.first else {
+            return Err(EngineError::InvalidArgument(
+                "the SDXL refiner's prompts are encoded with encode_prompt_sdxl_refiner".into(),
+            ));
+        };
+        let c1 = sdxl_states(tokenizer, text_encoder, prompt, skipped_layers_1, true)?;
         let text_2 = if style.trim().is_empty() {
             prompt
         } else {
             style
         };
-        let c2 = sdxl_states(&second.tokenizer, &second.encoder, text_2, skipped_layers_2)?;
-        let pooled = if text_2.is_empty() {
-            Tensor::zeros(
-                (1, second.encoder.config().hidden_size),
-                DType::F32,
-                &Device::Cpu,
-            )?
-        } else {
-            let tok = &second.tokenizer;
-            let mut ids = tok.encode(text_2);
-            ids.truncate(tok.max_length().saturating_sub(2));
-            let out = second
-                .encoder
-                .forward(&[tok.window(&ids)], skipped_layers_2)?;
-            out.pooled
-                .ok_or_else(|| {
-                    EngineError::InvalidModel("text_encoder_2 has no text_projection".into())
-                })?
-                .to_dtype(DType::F32)?
-                .to_device(&Device::Cpu)?
-        };
+        let c2 = sdxl_states(
+            &second.tokenizer,
+            &second.encoder,
+            text_2,
+            skipped_layers_2,
+            true,
+        )?;
+        let pooled = sdxl_pooled(second, text_2, skipped_layers_2, true)?;
         let (l1, l2) = (c1.dim(1)?, c2.dim(1)?);
         let pad = |c: Tensor, to: usize| -> Result<Tensor, EngineError> {
             let (b, l, d) = c.dims3()?;
@@ -1260,6 +1279,32 @@ impl Sd {
         };
         let len = l1.max(l2);
         let embeds = Tensor::cat(&[pad(c1, len)?, pad(c2, len)?], 2)?;
+        Ok(SdxlConditioning { embeds, pooled })
+    }
+
+    /// InvokeAI's `sdxl_refiner_compel_prompt` without the time ids: the second encoder alone on `style` (its
+    /// penultimate hidden states as [`Sd::encode_prompt_sdxl`]'s `c2`, and its pooled embedding). Empty text
+    /// is encoded like any other (InvokeAI: `zero_on_empty=False` here). Only for the refiner
+    /// ([`Sd::is_sdxl_refiner`]).
+    pub fn encode_prompt_sdxl_refiner(
+        &self,
+        style: &str,
+        skipped_layers: usize,
+    ) -> Result<SdxlConditioning, EngineError> {
+        let _span = tracing::debug_span!("encode_prompt_sdxl_refiner").entered();
+        let (Some(second), None) = (&self.text_encoder_2, &self.first) else {
+            return Err(EngineError::InvalidArgument(
+                "encode_prompt_sdxl_refiner needs an SDXL refiner model".into(),
+            ));
+        };
+        let embeds = sdxl_states(
+            &second.tokenizer,
+            &second.encoder,
+            style,
+            skipped_layers,
+            false,
+        )?;
+        let pooled = sdxl_pooled(second, style, skipped_layers, false)?;
         Ok(SdxlConditioning { embeds, pooled })
     }
 
@@ -1277,17 +1322,25 @@ impl Sd {
                 "an SDXL model needs the pooled embeddings and time ids (sdxl)".into(),
             )),
             (Some(dim), Some(a)) => {
-                let side = |what: &str, pooled: &Tensor, ids: &[f64; 6]| {
+                let count = self.time_id_count().unwrap_or(6);
+                let side = |what: &str, pooled: &Tensor, ids: &[f64]| {
                     if pooled.dims() != [1, dim] {
                         return Err(EngineError::InvalidArgument(format!(
                             "{what} pooled embedding has shape {:?}, expected (1, {dim})",
                             pooled.dims()
                         )));
                     }
+                    if ids.len() != count {
+                        return Err(EngineError::InvalidArgument(format!(
+                            "{what} side has {} time ids, the model takes {count} (the SDXL base 6, \
+                             the refiner 5)",
+                            ids.len()
+                        )));
+                    }
                     let ids: Vec<f32> = ids.iter().map(|&v| v as f32).collect();
                     Ok((
                         pooled.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
-                        Tensor::from_vec(ids, (1, 6), &Device::Cpu)?,
+                        Tensor::from_vec(ids, (1, count), &Device::Cpu)?,
                     ))
                 };
                 Ok(Some([
@@ -1299,15 +1352,44 @@ impl Sd {
     }
 }
 
+/// The second encoder's pooled, projected embedding of `text` (compel's `get_pooled_embeddings`: the raw text
+/// truncated to one window), zeros (1, hidden) for empty text when `zero_on_empty`.
+fn sdxl_pooled(
+    second: &SecondEncoder,
+    text: &str,
+    skipped_layers: usize,
+    zero_on_empty: bool,
+) -> Result<Tensor, EngineError> {
+    if text.is_empty() && zero_on_empty {
+        return Ok(Tensor::zeros(
+            (1, second.encoder.config().hidden_size),
+            DType::F32,
+            &Device::Cpu,
+        )?);
+    }
+    let tok = &second.tokenizer;
+    let mut ids = tok.encode(text);
+    ids.truncate(tok.max_length().saturating_sub(2));
+    let out = second
+        .encoder
+        .forward(&[tok.window(&ids)], skipped_layers)?;
+    Ok(out
+        .pooled
+        .ok_or_else(|| EngineError::InvalidModel("text_encoder_2 has no text_projection".into()))?
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?)
+}
+
 /// One SDXL encoder's part of the conditioning: compel with the penultimate, non-normalized hidden states, or
-/// zeros for empty text (InvokeAI's `zero_on_empty`).
+/// zeros for empty text when `zero_on_empty` (InvokeAI's flag of that name).
 fn sdxl_states(
     tokenizer: &ClipTokenizer,
     encoder: &ClipTextTransformer,
     text: &str,
     skipped_layers: usize,
+    zero_on_empty: bool,
 ) -> Result<Tensor, EngineError> {
-    if text.is_empty() {
+    if text.is_empty() && zero_on_empty {
         let c = encoder.config();
         return Ok(Tensor::zeros(
             (1, c.max_position_embeddings, c.hidden_size),

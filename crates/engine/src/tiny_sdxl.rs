@@ -42,6 +42,8 @@ struct Dims {
     time_embed_dim: usize,
     /// The full bundled OpenAI CLIP vocabulary (else the tiny one).
     full_vocab: bool,
+    /// The refiner: no first text encoder, cross-attention width = the second encoder's, 5 time ids.
+    refiner: bool,
 }
 
 const TINY: Dims = Dims {
@@ -50,6 +52,13 @@ const TINY: Dims = Dims {
     heads: [2, 4],
     time_embed_dim: TIME_EMBED_DIM,
     full_vocab: false,
+    refiner: false,
+};
+
+/// [`write_tiny_sdxl_refiner`]'s sizes: [`TINY`] without the first encoder.
+const REFINER: Dims = Dims {
+    refiner: true,
+    ..TINY
 };
 
 /// [`write_tiny_sdxl_twin`]'s sizes: what a single-file checkpoint cannot record is SDXL's (64-wide heads,
@@ -60,11 +69,16 @@ const TWIN: Dims = Dims {
     heads: [1, 2],
     time_embed_dim: crate::ldm::SDXL_ADDITION_TIME_EMBED_DIM,
     full_vocab: true,
+    refiner: false,
 };
 
 fn unet_config(d: &Dims) -> Value {
     let [e1, e2] = d.encoders;
-    let cross = e1.0 + e2.0;
+    let (cross, time_ids) = if d.refiner {
+        (e2.0, 5)
+    } else {
+        (e1.0 + e2.0, 6)
+    };
     json!({
         "_class_name": "UNet2DConditionModel",
         "_diffusers_version": "0.42.1",
@@ -89,7 +103,7 @@ fn unet_config(d: &Dims) -> Value {
         "num_attention_heads": null,
         "only_cross_attention": false,
         "out_channels": 4,
-        "projection_class_embeddings_input_dim": e2.0 + 6 * d.time_embed_dim,
+        "projection_class_embeddings_input_dim": e2.0 + time_ids * d.time_embed_dim,
         "resnet_skip_time_act": false,
         "resnet_time_scale_shift": "default",
         "sample_size": 8,
@@ -208,6 +222,14 @@ pub fn write_tiny_sdxl(dir: &Path, seed: u64) -> Result<(), EngineError> {
     write_sdxl(dir, seed, &TINY)
 }
 
+/// Writes a tiny random-weight SDXL refiner (`StableDiffusionXLImg2ImgPipeline` with
+/// `requires_aesthetics_score`) into `dir`, deterministically from `seed`: [`write_tiny_sdxl`]'s model without
+/// `text_encoder/` and `tokenizer/` (null in `model_index.json`), its UNet's cross-attention width that of text
+/// encoder 2 (64) and its addition embedding sized for 5 time ids (64 + 5·8 = 104).
+pub fn write_tiny_sdxl_refiner(dir: &Path, seed: u64) -> Result<(), EngineError> {
+    write_sdxl(dir, seed, &REFINER)
+}
+
 /// Writes the diffusers twin of [`write_tiny_sdxl_checkpoint`]'s checkpoint: a tiny SDXL model shaped like the
 /// real thing where a single-file checkpoint's loader looks: the full OpenAI CLIP vocabulary in both tokenizers
 /// (`!` padding in the second), text encoders of widths 64 and 128 (64-wide heads; the second with a 128-wide
@@ -234,9 +256,22 @@ fn write_sdxl(dir: &Path, seed: u64, d: &Dims) -> Result<(), EngineError> {
     for sub in ["unet", "vae", "scheduler"] {
         mkdir(&dir.join(sub))?;
     }
-    write_json(
-        &dir.join("model_index.json"),
-        &json!({
+    let index = if d.refiner {
+        json!({
+            "_class_name": "StableDiffusionXLImg2ImgPipeline",
+            "_diffusers_version": "0.42.1",
+            "force_zeros_for_empty_prompt": false,
+            "requires_aesthetics_score": true,
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder": [null, null],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": [null, null],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        })
+    } else {
+        json!({
             "_class_name": "StableDiffusionXLPipeline",
             "_diffusers_version": "0.42.1",
             "force_zeros_for_empty_prompt": true,
@@ -247,22 +282,25 @@ fn write_sdxl(dir: &Path, seed: u64, d: &Dims) -> Result<(), EngineError> {
             "tokenizer_2": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
-        }),
-    )?;
+        })
+    };
+    write_json(&dir.join("model_index.json"), &index)?;
     write_json(
         &dir.join("scheduler").join("scheduler_config.json"),
         &scheduler_config(),
     )?;
-    write_tokenizer(&dir.join("tokenizer"), "<|endoftext|>", d.full_vocab)?;
+    if !d.refiner {
+        write_tokenizer(&dir.join("tokenizer"), "<|endoftext|>", d.full_vocab)?;
+        write_encoder(
+            &dir.join("text_encoder"),
+            d.encoders[0],
+            false,
+            "<|endoftext|>",
+            seed.wrapping_add(1),
+            d.full_vocab,
+        )?;
+    }
     write_tokenizer(&dir.join("tokenizer_2"), "!", d.full_vocab)?;
-    write_encoder(
-        &dir.join("text_encoder"),
-        d.encoders[0],
-        false,
-        "<|endoftext|>",
-        seed.wrapping_add(1),
-        d.full_vocab,
-    )?;
     write_encoder(
         &dir.join("text_encoder_2"),
         d.encoders[1],

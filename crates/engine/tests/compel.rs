@@ -205,10 +205,11 @@ fn plain_prompts_encode_as_plain_text() {
             "",
             &"a red cat sitting on the blue house. ".repeat(12),
         ] {
-            let windows = sd.tokenizer().windows(prompt);
+            let windows = sd.tokenizer().unwrap().windows(prompt);
             let (k, len) = (windows.len(), windows[0].len());
             let plain = sd
                 .text_encoder()
+                .unwrap()
                 .forward(&windows, 0)
                 .unwrap()
                 .last_hidden_state

@@ -354,12 +354,15 @@ fn an_sd1_ldm_checkpoint_runs_like_its_diffusers_twin() {
         "Painting, (red:1.2) cat!",
     ] {
         assert_eq!(
-            sd.tokenizer().windows(prompt),
-            twin.tokenizer().windows(prompt)
+            sd.tokenizer().unwrap().windows(prompt),
+            twin.tokenizer().unwrap().windows(prompt)
         );
     }
-    assert_eq!(sd.tokenizer().vocab_size(), 49408);
-    let (a, b) = (sd.text_encoder().config(), twin.text_encoder().config());
+    assert_eq!(sd.tokenizer().unwrap().vocab_size(), 49408);
+    let (a, b) = (
+        sd.text_encoder().unwrap().config(),
+        twin.text_encoder().unwrap().config(),
+    );
     assert_eq!(
         (
             a.vocab_size,
@@ -483,13 +486,22 @@ fn an_sd2_ldm_checkpoint_runs_like_its_diffusers_twin() {
         "Painting, (red:1.2) cat!",
     ] {
         assert_eq!(
-            sd.tokenizer().windows(prompt),
-            twin.tokenizer().windows(prompt)
+            sd.tokenizer().unwrap().windows(prompt),
+            twin.tokenizer().unwrap().windows(prompt)
         );
     }
-    assert_eq!(sd.tokenizer().pad_id(), twin.tokenizer().pad_id());
-    assert_ne!(sd.tokenizer().pad_id(), sd.tokenizer().eos_id());
-    let (a, b) = (sd.text_encoder().config(), twin.text_encoder().config());
+    assert_eq!(
+        sd.tokenizer().unwrap().pad_id(),
+        twin.tokenizer().unwrap().pad_id()
+    );
+    assert_ne!(
+        sd.tokenizer().unwrap().pad_id(),
+        sd.tokenizer().unwrap().eos_id()
+    );
+    let (a, b) = (
+        sd.text_encoder().unwrap().config(),
+        twin.text_encoder().unwrap().config(),
+    );
     assert_eq!(
         (
             a.vocab_size,
@@ -704,8 +716,8 @@ fn f16_models_generate_like_f32() {
             req.sdxl = Some(atelier_engine::SdxlAdded {
                 positive_pooled: pos.pooled,
                 negative_pooled: neg.pooled,
-                positive_time_ids: [64.0, 64.0, 0.0, 0.0, 64.0, 64.0],
-                negative_time_ids: [64.0, 64.0, 0.0, 0.0, 64.0, 64.0],
+                positive_time_ids: vec![64.0, 64.0, 0.0, 0.0, 64.0, 64.0],
+                negative_time_ids: vec![64.0, 64.0, 0.0, 0.0, 64.0, 64.0],
             });
         }
         let latents = sd

@@ -215,7 +215,7 @@ fn tokenizer_matches_transformers_and_compel() {
         "no long prompt"
     );
     for case in &f.tokens {
-        let tok = models().get(&case.model).tokenizer();
+        let tok = models().get(&case.model).tokenizer().unwrap();
         let mut ids = vec![tok.bos_id()];
         ids.extend(tok.encode(&case.prompt));
         ids.push(tok.eos_id());

@@ -253,8 +253,8 @@ fn request(case: &RunCase, drop_time_ids: bool) -> DenoiseRequest {
         sdxl: Some(SdxlAdded {
             positive_pooled: pos.pooled,
             negative_pooled: neg.pooled,
-            positive_time_ids: ids(&case.positive_time_ids),
-            negative_time_ids: ids(&case.negative_time_ids),
+            positive_time_ids: ids(&case.positive_time_ids).to_vec(),
+            negative_time_ids: ids(&case.negative_time_ids).to_vec(),
         }),
     }
 }

@@ -9,7 +9,9 @@ use atelier_engine::tiny::{
     write_ldm_vae, write_tiny_lora, write_tiny_sd, write_tiny_sd1_checkpoint, write_tiny_sd1_twin,
     write_tiny_sd2_checkpoint, Family, LoraNaming,
 };
-use atelier_engine::tiny_sdxl::{write_tiny_sdxl, write_tiny_sdxl_lora, SdxlLoraNaming};
+use atelier_engine::tiny_sdxl::{
+    write_tiny_sdxl, write_tiny_sdxl_lora, write_tiny_sdxl_refiner, SdxlLoraNaming,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -857,6 +859,110 @@ async fn a_tiny_sdxl_model_generates_through_the_endpoint_and_its_graph() {
     }
     assert_ne!(decoded[0].as_raw(), decoded[1].as_raw(), "SDXL VAE");
     assert_eq!(decoded[2].as_raw(), decoded[3].as_raw(), "SD 1.x VAE");
+}
+
+#[tokio::test]
+async fn a_tiny_sdxl_refiner_refines_an_image_through_its_graph() {
+    let s = TestServer::single_user().await;
+    let dir = s.root.path().join("incoming").join("tiny-sdxl-refiner");
+    write_tiny_sdxl_refiner(&dir, 7).expect("tiny refiner");
+    let key = install_in_place(&s, &dir, "tiny-sdxl-refiner").await;
+    let refiner = s.get(&format!("/api/v2/models/i/{key}"), None).await;
+    assert_eq!(refiner.body["base"], "sdxl-refiner", "{}", refiner.text);
+    let up = s
+        .upload(
+            None,
+            "image_category=user&is_intermediate=false",
+            png_bytes(64, 64),
+            "image/png",
+        )
+        .await;
+    assert_eq!(up.status, 201, "{}", up.text);
+    // loader → refiner prompts, i2l of the image + noise → denoise_latents from 0.8 → l2i.
+    let graph = |aesthetic: f64| {
+        let edge = |from: &str, out: &str, to: &str, field: &str| {
+            json!({"source": {"node_id": from, "field": out},
+                "destination": {"node_id": to, "field": field}})
+        };
+        json!({"graph": {"id": "refine", "nodes": {
+            "loader": {"id": "loader", "type": "sdxl_refiner_model_loader",
+                "model": identifier(&refiner.body)},
+            "pos": {"id": "pos", "type": "sdxl_refiner_compel_prompt", "style": "a (red)1.2 fox",
+                "original_width": 64, "original_height": 64, "aesthetic_score": aesthetic},
+            "neg": {"id": "neg", "type": "sdxl_refiner_compel_prompt", "style": "",
+                "original_width": 64, "original_height": 64, "aesthetic_score": 2.5},
+            "i2l": {"id": "i2l", "type": "i2l", "image": {"image_name": up.body["image_name"]}},
+            "noise": {"id": "noise", "type": "noise", "seed": 42, "width": 64, "height": 64},
+            "denoise": {"id": "denoise", "type": "denoise_latents", "steps": 10, "cfg_scale": 5.0,
+                "scheduler": "euler", "denoising_start": 0.8, "denoising_end": 1.0},
+            "l2i": {"id": "l2i", "type": "l2i", "is_intermediate": false}},
+          "edges": [
+            edge("loader", "clip2", "pos", "clip2"),
+            edge("loader", "clip2", "neg", "clip2"),
+            edge("loader", "vae", "i2l", "vae"),
+            edge("loader", "vae", "l2i", "vae"),
+            edge("loader", "unet", "denoise", "unet"),
+            edge("pos", "conditioning", "denoise", "positive_conditioning"),
+            edge("neg", "conditioning", "denoise", "negative_conditioning"),
+            edge("noise", "noise", "denoise", "noise"),
+            edge("i2l", "latents", "denoise", "latents"),
+            edge("denoise", "latents", "l2i", "latents")]},
+         "runs": 1})
+    };
+    let item = run_batch(&s, &graph(6.0)).await;
+    assert_eq!(item["status"], "completed", "{item}");
+    let first = image_pixels(&s, None, &item_image(&item)).await;
+    assert_eq!(first.dimensions(), (64, 64));
+    // The aesthetic score (the refiner's fifth time id) reaches the UNet.
+    let item = run_batch(&s, &graph(3.0)).await;
+    assert_eq!(item["status"], "completed", "{item}");
+    assert_ne!(
+        image_pixels(&s, None, &item_image(&item)).await.as_raw(),
+        first.as_raw()
+    );
+
+    // Refiner prompts into an SDXL base UNet: a clear failure.
+    let base_dir = s.root.path().join("incoming").join("tiny-sdxl-for-refiner");
+    write_tiny_sdxl(&base_dir, 7).expect("tiny sdxl");
+    let base_key = install_in_place(&s, &base_dir, "tiny-sdxl-for-refiner").await;
+    let base = s
+        .get(&format!("/api/v2/models/i/{base_key}"), None)
+        .await
+        .body;
+    let mut mixed = graph(6.0);
+    mixed["graph"]["nodes"]["base"] =
+        json!({"id": "base", "type": "sdxl_model_loader", "model": identifier(&base)});
+    for edge in mixed["graph"]["edges"].as_array_mut().unwrap() {
+        if edge["destination"]["field"] == "unet" {
+            edge["source"]["node_id"] = json!("base");
+        }
+    }
+    let item = run_batch(&s, &mixed).await;
+    assert_eq!(item["status"], "failed", "{item}");
+    assert!(
+        item["error_message"].as_str().unwrap_or_default().contains(
+            "SDXL refiner conditioning (from `sdxl_refiner_compel_prompt`) needs an SDXL refiner UNet"
+        ),
+        "{item}"
+    );
+    // A base model's CLIP 2 in a refiner prompt: refused too.
+    let mut wrong = graph(6.0);
+    wrong["graph"]["nodes"]["base"] =
+        json!({"id": "base", "type": "sdxl_model_loader", "model": identifier(&base)});
+    for edge in wrong["graph"]["edges"].as_array_mut().unwrap() {
+        if edge["destination"]["node_id"] == "pos" {
+            edge["source"]["node_id"] = json!("base");
+        }
+    }
+    let item = run_batch(&s, &wrong).await;
+    assert_eq!(item["status"], "failed", "{item}");
+    assert!(
+        item["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is not an SDXL refiner"),
+        "{item}"
+    );
 }
 
 #[tokio::test]

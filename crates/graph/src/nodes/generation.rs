@@ -179,6 +179,31 @@ pub fn specs() -> Vec<NodeSpec> {
             },
         ),
         node(
+            "sdxl_refiner_compel_prompt",
+            "Prompt - SDXL Refiner",
+            "1.1.2",
+            "conditioning",
+            vec![
+                Input::new("style", Ty::Str)
+                    .default(json!(""))
+                    .desc("Prompt to be parsed by Compel to create a conditioning tensor"),
+                Input::new("original_width", Ty::Int).default(json!(1024)),
+                Input::new("original_height", Ty::Int).default(json!(1024)),
+                Input::new("crop_top", Ty::Int).default(json!(0)),
+                Input::new("crop_left", Ty::Int).default(json!(0)),
+                Input::new("aesthetic_score", Ty::Float)
+                    .default(json!(6.0))
+                    .desc("The aesthetic score to apply to the conditioning tensor"),
+                clip_conn("clip2"),
+            ],
+            "conditioning_output",
+            vec![("conditioning", cond.clone())],
+            |i, ctx| {
+                let name = ctx.encode_prompt(&request(i))?;
+                Ok(conditioning_output(name, i.get("mask")))
+            },
+        ),
+        node(
             "noise",
             "Create Latent Noise",
             "1.1.0",
@@ -334,7 +359,7 @@ pub fn specs() -> Vec<NodeSpec> {
     for spec in &mut specs {
         spec.tags = match spec.type_name {
             "compel" => &["prompt", "compel"],
-            "sdxl_compel_prompt" => &["sdxl", "compel", "prompt"],
+            "sdxl_compel_prompt" | "sdxl_refiner_compel_prompt" => &["sdxl", "compel", "prompt"],
             "noise" => &["latents", "noise"],
             "denoise_latents" => &[
                 "latents", "denoise", "txt2img", "t2i", "t2l", "img2img", "i2i", "l2l",

@@ -226,6 +226,22 @@ pub fn specs() -> Vec<NodeSpec> {
             |i, ctx| main_loader(i, ctx, true),
         ),
         node(
+            "sdxl_refiner_model_loader",
+            "Refiner Model - SDXL",
+            "1.0.4",
+            "model",
+            vec![model_input(
+                "SDXL Refiner Main Modde (UNet, VAE, CLIP2) to load",
+            )],
+            "sdxl_refiner_model_loader_output",
+            vec![("unet", unet()), ("clip2", clip()), ("vae", vae())],
+            |i, ctx| {
+                let mut out = main_loader(i, ctx, true)?;
+                out.remove("clip");
+                Ok(out)
+            },
+        ),
+        node(
             "vae_loader",
             "VAE Model - SD1.5, SD2, SDXL, SD3, FLUX",
             "1.0.4",
@@ -423,6 +439,7 @@ pub fn specs() -> Vec<NodeSpec> {
         spec.tags = match spec.type_name {
             "clip_skip" => &["clipskip", "clip", "skip"],
             "sdxl_model_loader" => &["model", "sdxl"],
+            "sdxl_refiner_model_loader" => &["model", "sdxl", "refiner"],
             "sdxl_lora_loader" => &["lora", "model"],
             "vae_loader" => &["vae", "model"],
             "seamless" => &["seamless", "model"],

@@ -242,15 +242,18 @@ fn main_record(host: &mut dyn Host, key: &str) -> Result<(Value, bool), NodeErro
         )));
     }
     let base = record["base"].as_str().unwrap_or_default();
-    if !["sd-1", "sd-2", "sdxl"].contains(&base) {
+    if !["sd-1", "sd-2", "sdxl", "sdxl-refiner"].contains(&base) {
         return Err(unsupported(&format!("base {base}")));
     }
     let checkpoint = match record["format"].as_str().unwrap_or_default() {
         "diffusers" => false,
-        // Single files in the original LDM layout (SD 1.x and 2.x).
+        // Single files in the original LDM/SGM layout (SD 1.x, 2.x and XL; refiners are refused below).
         "checkpoint" => true,
         other => return Err(unsupported(&format!("a main model in {other} format"))),
     };
+    if checkpoint && base == "sdxl-refiner" {
+        return Err(unsupported("an SDXL refiner single-file checkpoint"));
+    }
     Ok((record, checkpoint))
 }
 
@@ -507,7 +510,7 @@ fn vae_model(cache: &mut ModelCache, host: &mut dyn Host, key: &str) -> Result<V
 struct SdxlConditioning {
     embeds: Tensor,
     pooled: Tensor,
-    time_ids: [f64; 6],
+    time_ids: Vec<f64>,
 }
 
 /// A conditioning as `denoise_latents` uses it.
@@ -515,7 +518,7 @@ enum Conditioning {
     /// SD 1.x/2.x: (1, 77·k, dim).
     Plain(Tensor),
     /// SDXL: embeds (1, 77·k, dim1 + dim2), pooled (1, pooled dim), time ids.
-    Sdxl(Tensor, Tensor, [f64; 6]),
+    Sdxl(Tensor, Tensor, Vec<f64>),
 }
 
 /// The conditioning (or list of them, concatenated along the tokens as for SD 1.x; an SDXL list
@@ -526,7 +529,7 @@ fn conditioning(tensors: &TensorStore, field: &Value) -> Result<Conditioning, No
         one => vec![one],
     };
     let mut parts = Vec::new();
-    let mut sdxl: Option<(Tensor, [f64; 6])> = None;
+    let mut sdxl: Option<(Tensor, Vec<f64>)> = None;
     for item in list {
         if !item["mask"].is_null() {
             return Err(unsupported("a conditioning mask"));
@@ -543,7 +546,7 @@ fn conditioning(tensors: &TensorStore, field: &Value) -> Result<Conditioning, No
             false
         } else if let Some(c) = any.downcast_ref::<SdxlConditioning>() {
             parts.push(c.embeds.clone());
-            sdxl.get_or_insert_with(|| (c.pooled.clone(), c.time_ids));
+            sdxl.get_or_insert_with(|| (c.pooled.clone(), c.time_ids.clone()));
             true
         } else {
             return Err(NodeError::value(format!("{name} is not a conditioning")));
@@ -614,6 +617,9 @@ pub fn encode_prompt(
         return Err(unsupported("a conditioning mask"));
     }
     let clip = &request["clip"];
+    if clip.is_null() && !request["clip2"].is_null() {
+        return encode_prompt_sdxl_refiner(cache, host, tensors, request);
+    }
     let key = key_of(clip, "text_encoder")?;
     if !request["clip2"].is_null() {
         return encode_prompt_sdxl(cache, host, tensors, request, &key);
@@ -663,8 +669,13 @@ fn encode_prompt_sdxl(
             "model {key} is not an SDXL model: use the `compel` node for SD 1.x/2.x models"
         )));
     }
+    if sd.is_sdxl_refiner() {
+        return Err(NodeError::value(format!(
+            "model {key} is an SDXL refiner: its prompts need `sdxl_refiner_compel_prompt` (CLIP 2)"
+        )));
+    }
     let number = |name: &str, default: i64| request[name].as_i64().unwrap_or(default) as f64;
-    let time_ids = [
+    let time_ids = vec![
         number("original_height", 1024),
         number("original_width", 1024),
         number("crop_top", 0),
@@ -677,6 +688,45 @@ fn encode_prompt_sdxl(
             request["prompt"].as_str().unwrap_or_default(),
             request["style"].as_str().unwrap_or_default(),
             skipped_layers(clip),
+            skipped_layers(clip2),
+        )
+        .map_err(engine_error)?;
+    let stored = SdxlConditioning {
+        embeds: encoded.embeds,
+        pooled: encoded.pooled,
+        time_ids,
+    };
+    Ok(tensors.put("conditioning", Stored::Opaque(Arc::new(stored))))
+}
+
+/// `sdxl_refiner_compel_prompt`: the SDXL refiner's only text encoder (CLIP 2) on the style, and
+/// the time ids `[original_height, original_width, crop_top, crop_left, aesthetic_score]`.
+fn encode_prompt_sdxl_refiner(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    tensors: &TensorStore,
+    request: &Value,
+) -> Result<String, NodeError> {
+    let clip2 = &request["clip2"];
+    let key = key_of(clip2, "text_encoder")?;
+    let loras = [(LoraSlot::TextEncoder2, loras_of(clip2)?)];
+    let sd = model(cache, host, &key, Part::TextEncoder, &loras)?;
+    if !sd.is_sdxl_refiner() {
+        return Err(NodeError::value(format!(
+            "model {key} is not an SDXL refiner: `sdxl_refiner_compel_prompt` needs one"
+        )));
+    }
+    let number = |name: &str, default: f64| request[name].as_f64().unwrap_or(default);
+    let time_ids = vec![
+        number("original_height", 1024.0),
+        number("original_width", 1024.0),
+        number("crop_top", 0.0),
+        number("crop_left", 0.0),
+        number("aesthetic_score", 6.0),
+    ];
+    let encoded = sd
+        .encode_prompt_sdxl_refiner(
+            request["style"].as_str().unwrap_or_default(),
             skipped_layers(clip2),
         )
         .map_err(engine_error)?;
@@ -765,6 +815,19 @@ pub fn denoise(
             ))
         }
         _ => {}
+    }
+    if let (Some(count), Some(added)) = (sd.time_id_count(), &sdxl) {
+        let given = added
+            .positive_time_ids
+            .len()
+            .max(added.negative_time_ids.len());
+        if given != count || added.positive_time_ids.len() != added.negative_time_ids.len() {
+            return Err(NodeError::value(if sd.is_sdxl_refiner() {
+                "an SDXL refiner UNet needs the refiner's conditioning (from `sdxl_refiner_compel_prompt`)"
+            } else {
+                "SDXL refiner conditioning (from `sdxl_refiner_compel_prompt`) needs an SDXL refiner UNet"
+            }));
+        }
     }
     let is_sdxl = sd.is_sdxl();
     let req = DenoiseRequest {
