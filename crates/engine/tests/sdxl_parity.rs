@@ -9,20 +9,16 @@
 
 mod common;
 
-use common::relative_error;
+use common::{assert_close, read_fixture, relative_error, tensor, values, RELATIVE_TOLERANCE};
 use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use atelier_engine::candle::{DType, Device, Tensor};
-use atelier_engine::noise::randn;
-use atelier_engine::pipeline::{
-    latents_from_vec, latents_to_vec, CfgScale, DenoiseRequest, NoProgress, Sd,
-};
+use atelier_engine::pipeline::{CfgScale, DenoiseRequest, NoProgress, Sd};
 use atelier_engine::tiny_sdxl::write_tiny_sdxl;
 use atelier_engine::{EngineError, SdxlAdded};
 use serde::Deserialize;
 
-const RELATIVE_TOLERANCE: f64 = 1e-4;
 const SEED: u64 = 1234;
 
 #[derive(Deserialize)]
@@ -109,32 +105,10 @@ fn model() -> &'static Sd {
 fn fixtures() -> &'static Fixtures {
     static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
     FIXTURES.get_or_init(|| {
-        let path = format!("{}/tests/fixtures/sdxl.json", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let f: Fixtures = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let f: Fixtures = read_fixture("sdxl.json");
         assert_eq!(f.seed, SEED, "fixtures made from another seed");
         f
     })
-}
-
-fn assert_close(ours: &[f32], theirs: &[f32], what: &str) -> f64 {
-    let err = relative_error(ours, theirs);
-    assert!(
-        err <= RELATIVE_TOLERANCE,
-        "{what}: relative error {err}\n ours  {:?}\n torch {:?}",
-        &ours[..4.min(ours.len())],
-        &theirs[..4.min(theirs.len())]
-    );
-    err
-}
-
-fn tensor(seed: u64, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    latents_from_vec(shape, randn(seed, n)).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    latents_to_vec(t).unwrap()
 }
 
 #[test]
