@@ -538,6 +538,10 @@ fn std_chw(t: &Tensor) -> Result<f64, EngineError> {
     Ok(var.sqrt())
 }
 
+/// The dtype a whole pipeline's VAE runs in, whatever the dtype of the rest: float32, as InvokeAI's `l2i`/`i2l`
+/// default (`fp32: true`) upcasts it. SDXL's VAE overflows in float16, and the VAE is small next to the UNet.
+pub const VAE_DTYPE: DType = DType::F32;
+
 impl Sd {
     /// Loads a diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`; SDXL also
     /// `text_encoder_2/` and `tokenizer_2/`).
@@ -565,7 +569,7 @@ impl Sd {
         apply_loras(&mut text_files, LoraTarget::TextEncoder, loras.text_encoder)?;
         let text_encoder = ClipTextTransformer::from_files(text_config, text_files, dtype, device)?;
         let (unet, unet_spec) = load_unet_with_loras(&dir.join("unet"), dtype, device, loras.unet)?;
-        let vae = Vae::load(&dir.join("vae"), device, dtype)?;
+        let vae = Vae::load(&dir.join("vae"), device, VAE_DTYPE)?;
         let scheduler_config =
             scheduler_config(&dir.join("scheduler").join("scheduler_config.json"))?;
         Self::assemble(
@@ -661,7 +665,7 @@ impl Sd {
             None,
         )
         .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
-        let vae = Vae::load_checkpoint(file, config.vae_scaling_factor, device, dtype)?;
+        let vae = Vae::load_checkpoint(file, config.vae_scaling_factor, device, VAE_DTYPE)?;
         Self::assemble(
             tokenizer,
             text_encoder,
@@ -1048,7 +1052,7 @@ impl Sd {
             loras.text_encoder_2,
         )?;
         let (unet, unet_spec) = load_unet_with_loras(&dir.join("unet"), dtype, device, loras.unet)?;
-        let vae = Vae::load(&dir.join("vae"), device, dtype)?;
+        let vae = Vae::load(&dir.join("vae"), device, VAE_DTYPE)?;
         let scheduler_config =
             scheduler_config(&dir.join("scheduler").join("scheduler_config.json"))?;
         Self::assemble_sdxl(
@@ -1110,7 +1114,7 @@ impl Sd {
             extras.text_time,
         )
         .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
-        let vae = Vae::load_checkpoint(file, config.vae_scaling_factor, device, dtype)?;
+        let vae = Vae::load_checkpoint(file, config.vae_scaling_factor, device, VAE_DTYPE)?;
         Self::assemble_sdxl(
             file,
             (

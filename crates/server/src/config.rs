@@ -301,7 +301,7 @@ static KEYS: &[KeyDef] = &[
     key("profile_prefix", OPT_STR, D::Null, Unused),
     key("profiles_dir", PATH, D::Str("profiles"), Unused),
     // Model cache.
-    key("max_cache_ram_gb", float(Some((0.0, true)), true), D::Null, Unused),
+    key("max_cache_ram_gb", float(Some((0.0, true)), true), D::Null, Used),
     key("max_cache_vram_gb", float(Some((0.0, false)), true), D::Null, Unused),
     key("log_memory_usage", BOOL, D::Bool(false), Unused),
     key("model_cache_keep_alive_min", float(Some((0.0, false)), false), D::Float(0.0), Unused),
@@ -309,15 +309,15 @@ static KEYS: &[KeyDef] = &[
     key("enable_partial_loading", BOOL, D::Bool(true), Unused),
     key("smart_partial_loading", BOOL, D::Bool(false), Unused),
     key("keep_ram_copy_of_weights", BOOL, D::Bool(true), Unused),
-    key("ram", float(Some((0.0, true)), true), D::Null, Unused),
+    key("ram", float(Some((0.0, true)), true), D::Null, Used),
     key("vram", float(Some((0.0, false)), true), D::Null, Unused),
     key("lazy_offload", BOOL, D::Bool(true), Unused),
     key("pytorch_cuda_alloc_conf", OPT_STR, D::Null, Unused),
     // Device.
-    key("device", Kind::Device, D::Str("auto"), Unused),
+    key("device", Kind::Device, D::Str("auto"), Used),
     key("generation_devices", Kind::GenerationDevices, D::Str("auto"), Unused),
     key("offload_text_encoders_to_idle_gpus", BOOL, D::Bool(true), Unused),
-    key("precision", Kind::Enum(PRECISIONS), D::Str("auto"), Unused),
+    key("precision", Kind::Enum(PRECISIONS), D::Str("auto"), Used),
     // Generation.
     key("sequential_guidance", BOOL, D::Bool(false), Unused),
     key("wan_memory_optimization", BOOL, D::Bool(false), Unused),
@@ -1826,18 +1826,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(
             dir.path(),
-            "schema_version: 4.0.3\ndevice: cuda:1\nprecision: float16\n",
+            "schema_version: 4.0.3\ndevice: cuda:1\nprecision: float16\nattention_type: sliced\n",
         );
-        let e = env(&[("INVOKEAI_DEVICE", "cpu")]);
+        let e = env(&[
+            ("INVOKEAI_DEVICE", "cpu"),
+            ("INVOKEAI_FORCE_TILED_DECODE", "true"),
+        ]);
         let (config, warnings) = Config::load(&opts(dir.path()), &e).unwrap();
+        // `device` and `precision` are used (service/compute.rs); the others only warn.
         assert_eq!(
             warnings,
             vec![
-                "config key 'device' is accepted but not used by Atelier yet".to_string(),
-                "config key 'precision' is accepted but not used by Atelier yet".to_string(),
+                "config key 'attention_type' is accepted but not used by Atelier yet".to_string(),
+                "config key 'force_tiled_decode' is accepted but not used by Atelier yet"
+                    .to_string(),
             ]
         );
         assert_eq!(config.get("device"), Some(&json!("cpu")));
+        assert_eq!(config.get("precision"), Some(&json!("float16")));
     }
 
     #[test]
@@ -1956,7 +1962,8 @@ mod tests {
         assert!(text.contains("outputs_dir: /data/out\n"));
         assert!(!text.contains("xformers"));
         assert!(!text.contains("legacy_conf_dir"));
-        assert!(warnings.contains(&unused_warning("ram")));
+        // `ram` is read (the model cache budget when `max_cache_ram_gb` is unset), so it does not warn.
+        assert!(!warnings.contains(&unused_warning("ram")), "{warnings:?}");
         // The rewritten file loads cleanly and unchanged.
         let (again, _) = Config::load(&opts(dir.path()), &[]).unwrap();
         assert_eq!(again.port(), 9191);

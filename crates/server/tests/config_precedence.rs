@@ -438,13 +438,13 @@ fn known_but_unused_keys_warn_once_each() {
     write_config(
         d,
         &format!(
-            "schema_version: 4.0.3\nport: {port}\nprecision: float32\nattention_type: sliced\n"
+            "schema_version: 4.0.3\nport: {port}\nforce_tiled_decode: true\nattention_type: sliced\n"
         ),
     );
     let s = serve(d, &["serve", "--root", &root_arg(d)], &[]).unwrap();
     let log = s.log.clone();
     drop(s);
-    for key in ["precision", "attention_type"] {
+    for key in ["force_tiled_decode", "attention_type"] {
         let lines: Vec<&String> = log.iter().filter(|l| l.contains(key)).collect();
         assert_eq!(lines.len(), 1, "{log:?}");
         assert!(
@@ -457,7 +457,7 @@ fn known_but_unused_keys_warn_once_each() {
     }
     let (code, _, err) = run(d, &["config", "check", "--root", &root_arg(d)], &[]);
     assert_eq!(code, 0, "{err}");
-    for key in ["precision", "attention_type"] {
+    for key in ["force_tiled_decode", "attention_type"] {
         assert_eq!(err.lines().filter(|l| l.contains(key)).count(), 1, "{err}");
     }
     // The same keys from the environment warn the same way.
@@ -465,12 +465,12 @@ fn known_but_unused_keys_warn_once_each() {
     let (code, _, err) = run(
         dir.path(),
         &["config", "check", "--root", &root_arg(dir.path())],
-        &[("INVOKEAI_PRECISION", "float16")],
+        &[("INVOKEAI_FORCE_TILED_DECODE", "true")],
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         err.lines()
-            .filter(|l| l.contains("config key 'precision' is accepted but not used"))
+            .filter(|l| l.contains("config key 'force_tiled_decode' is accepted but not used"))
             .count(),
         1,
         "{err}"

@@ -128,6 +128,60 @@ async fn a_tiny_sd1_model_generates_an_image_with_progress() {
     assert_eq!(decoded.as_raw(), decoded2.as_raw());
 }
 
+/// The `device` and `precision` keys: on the CPU `precision: float16` still runs in float32 (as
+/// InvokeAI does), and a GPU this build cannot use fails the generation with the reason instead
+/// of falling back silently.
+#[tokio::test]
+async fn the_configured_device_and_precision_are_honoured() {
+    let request = |key: &str| {
+        json!({"prompt": "a red fox", "model": key, "width": 64, "height": 64, "steps": 2,
+            "scheduler": "euler", "seed": 5, "wait": true, "timeout_s": 120})
+    };
+    async fn pixels(s: &TestServer, body: Value) -> image::RgbImage {
+        image_pixels(s, None, body["images"][0]["image_name"].as_str().unwrap()).await
+    }
+    let plain = TestServer::single_user().await;
+    let key = tiny_model(&plain, Family::Sd1, "tiny-sd1").await;
+    let r = plain.post("/api/v1/generate", None, &request(&key)).await;
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    let expected = pixels(&plain, r.body).await;
+
+    let half = TestServer::builder()
+        .set("device", json!("cpu"))
+        .set("precision", json!("float16"))
+        .start()
+        .await;
+    let key = tiny_model(&half, Family::Sd1, "tiny-sd1").await;
+    let r = half.post("/api/v1/generate", None, &request(&key)).await;
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    assert_eq!(pixels(&half, r.body).await.as_raw(), expected.as_raw());
+
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let gpu = TestServer::builder()
+        .set("device", json!("cuda:0"))
+        .start()
+        .await;
+    let key = tiny_model(&gpu, Family::Sd1, "tiny-sd1").await;
+    let r = gpu.post("/api/v1/generate", None, &request(&key)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "failed", "{}", r.text);
+    let error = &r.body["errors"][0];
+    assert_eq!(error["error_type"], "RuntimeError", "{error}");
+    assert!(
+        error["error_message"].as_str().unwrap().starts_with(
+            "device 'cuda:0' is configured, but this build of Atelier has no CUDA support"
+        ),
+        "{error}"
+    );
+    // Boards and images still work on that server.
+    assert_eq!(
+        gpu.create_board(None, "Still here").await["board_name"],
+        "Still here"
+    );
+}
+
 #[tokio::test]
 async fn image_to_image_and_v_prediction_run() {
     let s = TestServer::single_user().await;

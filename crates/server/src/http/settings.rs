@@ -172,11 +172,11 @@ pub async fn patch_runtime_config(
     Body(update): Body<RuntimeConfigUpdate>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(Value::Array(devices)) = &update.generation_devices {
-        // Atelier runs on the CPU only for now (CUDA comes with the engine's feature).
+        // The CPU, or a GPU this build (`cuda` feature) and machine have.
         if let Some(missing) = devices
             .iter()
             .filter_map(Value::as_str)
-            .find(|d| *d != "cpu")
+            .find(|d| crate::service::compute::resolve(d, "auto").is_err())
         {
             return Err(ApiError::Validation422Detail(format!(
                 "Generation device '{missing}' is not available on this machine"

@@ -8,12 +8,13 @@
 //! merged into the UNet and text encoders at load (SDXL's CLIP 1 and CLIP 2 each from their own
 //! field's LoRAs). Single-file SDXL checkpoints are refused with a clear error.
 
+use crate::service::compute::Compute;
 use crate::service::tensors::{Latents, Stored, TensorStore};
-use atelier_engine::candle::{DType, Device, Tensor};
+use atelier_engine::candle::Tensor;
 use atelier_engine::lora::{Lora, LoraSelection};
 use atelier_engine::pipeline::{
     latents_from_vec, latents_to_vec, CfgScale, CheckpointConfig, DenoiseRequest, Sd, SdxlAdded,
-    Vae,
+    Vae, VAE_DTYPE,
 };
 use atelier_engine::schedulers::PredictionType;
 use atelier_graph::NodeError;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Default memory budget for loaded models when the config sets no `ram` (GB).
+/// Default memory budget for loaded models when the config sets no `max_cache_ram_gb` (GB).
 const DEFAULT_BUDGET_BYTES: u64 = 8 << 30;
 
 fn engine_error(e: atelier_engine::EngineError) -> NodeError {
@@ -50,17 +51,27 @@ enum Loaded {
 pub struct ModelCache {
     budget: u64,
     entries: Vec<(String, u64, Loaded)>,
+    /// Where models are loaded, or why the configured device cannot be used.
+    compute: Result<Compute, String>,
 }
 
 impl ModelCache {
-    pub fn new(budget_gb: Option<f64>) -> Self {
+    pub fn new(budget_gb: Option<f64>, compute: Result<Compute, String>) -> Self {
         let budget = budget_gb
             .filter(|gb| *gb > 0.0)
             .map_or(DEFAULT_BUDGET_BYTES, |gb| (gb * (1u64 << 30) as f64) as u64);
         Self {
             budget,
             entries: Vec::new(),
+            compute,
         }
+    }
+
+    /// The device and dtype to load models on; the configured device's problem as a node error.
+    fn compute(&self) -> Result<Compute, NodeError> {
+        self.compute
+            .clone()
+            .map_err(|reason| NodeError::new("RuntimeError", reason))
     }
 
     fn get(&mut self, key: &str) -> Option<Loaded> {
@@ -409,17 +420,18 @@ fn model(
         text_encoder: &text_loras,
         text_encoder_2: &text_2_loras,
     };
+    let compute = cache.compute()?;
     host.model_load(false, &record, Some(submodel));
     let loaded = if checkpoint {
         Sd::load_checkpoint_with_loras(
             &path,
             &checkpoint_config(&record),
-            &Device::Cpu,
-            DType::F32,
+            &compute.device,
+            compute.dtype,
             selection,
         )
     } else {
-        Sd::load_with_loras(&path, &Device::Cpu, DType::F32, selection)
+        Sd::load_with_loras(&path, &compute.device, compute.dtype, selection)
     }
     .map_err(engine_error)?;
     host.model_load(true, &record, Some(submodel));
@@ -489,13 +501,14 @@ fn vae_model(cache: &mut ModelCache, host: &mut dyn Host, key: &str) -> Result<V
         host.models_dir(),
         record["path"].as_str().unwrap_or_default(),
     );
+    let device = cache.compute()?.device;
     host.model_load(false, &record, None);
     let loaded = if format == "diffusers" {
-        Vae::load(&path, &Device::Cpu, DType::F32)
+        Vae::load(&path, &device, VAE_DTYPE)
     } else {
         // A checkpoint records no scaling factor: the family's (generation.md §10.4).
         let scaling = if base == "sdxl" { 0.13025 } else { 0.18215 };
-        Vae::load_checkpoint(&path, scaling, &Device::Cpu, DType::F32)
+        Vae::load_checkpoint(&path, scaling, &device, VAE_DTYPE)
     }
     .map_err(engine_error)?;
     host.model_load(true, &record, None);

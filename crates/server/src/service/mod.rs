@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod boards;
+pub mod compute;
 pub mod content;
 pub mod downloads;
 pub mod generate;

@@ -11,6 +11,7 @@
 use crate::events::Event;
 use crate::http::error::ApiError;
 use crate::media::{self, PngText};
+use crate::service::compute::{self, Compute};
 use crate::service::generation;
 use crate::service::queue::{publish_status, Running};
 use crate::state::AppState;
@@ -285,8 +286,12 @@ impl Context for ThreadContext<'_> {
 }
 
 /// The executor thread: runs jobs until the channel closes.
-fn executor(jobs: std::sync::mpsc::Receiver<Job>, ram_gb: Option<f64>) {
-    let mut cache = generation::ModelCache::new(ram_gb);
+fn executor(
+    jobs: std::sync::mpsc::Receiver<Job>,
+    ram_gb: Option<f64>,
+    compute: Result<Compute, String>,
+) {
+    let mut cache = generation::ModelCache::new(ram_gb, compute);
     while let Ok(job) = jobs.recv() {
         let mut ctx = ThreadContext {
             cache: &mut cache,
@@ -332,10 +337,29 @@ impl WorkerHandle {
 /// Starts the worker task and its executor thread.
 pub fn spawn(state: AppState) -> WorkerHandle {
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
-    let ram_gb = state.config.get("ram").and_then(Value::as_f64);
+    // InvokeAI 6's key, then its deprecated predecessor (which older roots still carry).
+    let ram_gb = ["max_cache_ram_gb", "ram"]
+        .iter()
+        .find_map(|key| state.config.get(key).and_then(Value::as_f64));
+    let compute = compute::resolve(
+        state
+            .config
+            .get("device")
+            .and_then(Value::as_str)
+            .unwrap_or("auto"),
+        state
+            .config
+            .get("precision")
+            .and_then(Value::as_str)
+            .unwrap_or("auto"),
+    );
+    match &compute {
+        Ok(compute) => tracing::info!("generation runs on {}", compute.describe()),
+        Err(reason) => tracing::error!("generation cannot run: {reason}"),
+    }
     if let Err(err) = std::thread::Builder::new()
         .name("atelier-worker".into())
-        .spawn(move || executor(jobs_rx, ram_gb))
+        .spawn(move || executor(jobs_rx, ram_gb, compute))
     {
         tracing::error!(error = %err, "could not start the worker thread; the queue will not run");
     }
@@ -948,7 +972,7 @@ mod tests {
     #[test]
     fn a_panicking_node_fails_its_job_and_the_thread_carries_on() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || executor(rx, None));
+        let thread = std::thread::spawn(move || executor(rx, None, Ok(Compute::cpu())));
         let (bad, answer) = job(spec(|_, _| panic!("boom")));
         tx.send(bad).expect("send");
         let err = answer
