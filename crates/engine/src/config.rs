@@ -279,10 +279,11 @@ pub fn unet_extras(path: &Path) -> Result<UNetExtras, EngineError> {
             if time_embed_dim == 0 {
                 return Err(f.bad("addition_time_embed_dim", "must be set for text_time"));
             }
-            if input_dim <= 6 * time_embed_dim {
+            // The pooled width + 6 time ids (SDXL) or 5 (the refiner): checked against the text encoder later.
+            if input_dim <= 5 * time_embed_dim {
                 return Err(f.bad(
                     "projection_class_embeddings_input_dim",
-                    "must exceed 6 × addition_time_embed_dim",
+                    "must exceed 5 × addition_time_embed_dim",
                 ));
             }
             Some(TextTime {

@@ -3,15 +3,17 @@
 //! [`checkpoint_to_diffusers`] maps the checkpoint's tensors exactly as [`crate::pipeline::Sd::load_checkpoint`]
 //! does ([`crate::ldm`]: the UNet, the VAE and the SD 1.x CLIP or SD 2.x OpenCLIP text encoder, or SDXL's two),
 //! then writes `model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/` and `scheduler/` (SDXL: also
-//! `text_encoder_2/` and `tokenizer_2/`) as diffusers' `save_pretrained` lays them out: each component's
+//! `text_encoder_2/` and `tokenizer_2/`; the SDXL refiner: those two without `text_encoder/` and `tokenizer/`, a
+//! `StableDiffusionXLImg2ImgPipeline`) as diffusers' `save_pretrained` lays them out: each component's
 //! `config.json` (what the checkpoint does not record comes from the [`CheckpointConfig`]) and its safetensors
 //! weights, in the checkpoint's own dtypes. The tokenizer is the bundled CLIP BPE vocabulary (`vocab.json`,
 //! `merges.txt`), with `!` padding for OpenCLIP encoders (SD 2.x's, SDXL's second).
 //!
 //! Tensors are streamed: each is read, converted to bytes and written before the next is read, so memory stays
 //! at one tensor. The folder loads with [`crate::pipeline::Sd::load`] and runs exactly as the checkpoint does, and
-//! with diffusers' `StableDiffusionPipeline.from_pretrained` (SDXL: `StableDiffusionXLPipeline`). SDXL's second
-//! text encoder's `text_projection` is written in f32 (it is transposed in memory); refiner checkpoints are refused.
+//! with diffusers' `StableDiffusionPipeline.from_pretrained` (SDXL: `StableDiffusionXLPipeline`, the refiner:
+//! `StableDiffusionXLImg2ImgPipeline`). SDXL's second text encoder's `text_projection` is written in f32 (it is
+//! transposed in memory).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,7 +23,7 @@ use candle_core::{DType, Device};
 use serde_json::{json, Value};
 
 use crate::clip::{Activation, ClipTextConfig};
-use crate::config::{UNetSpec, VaeSpec};
+use crate::config::{UNetExtras, UNetSpec, VaeSpec};
 use crate::ldm::CheckpointFamily;
 use crate::pipeline::CheckpointConfig;
 use crate::schedulers::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
@@ -189,47 +191,60 @@ pub fn checkpoint_to_diffusers(
             config.family.name()
         )));
     }
-    let clip = match family {
-        CheckpointFamily::Sd2 => {
-            crate::ldm::clip_from_open_clip(&mut text_files, config.text_encoder_layers)
-                .map_err(in_file)?
-        }
-        CheckpointFamily::Sdxl => {
-            crate::ldm::sdxl_clip_from_ldm(&mut text_files).map_err(in_file)?
-        }
-        _ => {
-            let mut clip = crate::ldm::clip_from_ldm(&mut text_files).map_err(in_file)?;
-            if let Some(max) = config.text_encoder_layers {
-                clip.num_hidden_layers = clip.num_hidden_layers.min(max);
+    let refiner = family == CheckpointFamily::SdxlRefiner;
+    // The first text encoder (the refiner has none).
+    let text = if refiner {
+        None
+    } else {
+        let clip = match family {
+            CheckpointFamily::Sd2 => {
+                crate::ldm::clip_from_open_clip(&mut text_files, config.text_encoder_layers)
+                    .map_err(in_file)?
             }
-            clip
-        }
-    };
-    // transformers' names all start with `text_model.`; layers past the kept ones and the position-id buffer
-    // (not a parameter) are dropped.
-    text_files.rename(|name| {
-        let name = if name.starts_with("text_model.") {
-            name.to_owned()
-        } else {
-            format!("text_model.{name}")
+            CheckpointFamily::Sdxl => {
+                crate::ldm::sdxl_clip_from_ldm(&mut text_files).map_err(in_file)?
+            }
+            _ => {
+                let mut clip = crate::ldm::clip_from_ldm(&mut text_files).map_err(in_file)?;
+                if let Some(max) = config.text_encoder_layers {
+                    clip.num_hidden_layers = clip.num_hidden_layers.min(max);
+                }
+                clip
+            }
         };
-        if name == "text_model.embeddings.position_ids" {
-            return None;
-        }
-        if let Some(rest) = name.strip_prefix("text_model.encoder.layers.") {
-            let index: usize = rest.split('.').next()?.parse().ok()?;
-            if index >= clip.num_hidden_layers {
+        // transformers' names all start with `text_model.`; layers past the kept ones and the position-id
+        // buffer (not a parameter) are dropped.
+        text_files.rename(|name| {
+            let name = if name.starts_with("text_model.") {
+                name.to_owned()
+            } else {
+                format!("text_model.{name}")
+            };
+            if name == "text_model.embeddings.position_ids" {
                 return None;
             }
-        }
-        Some(name)
-    })?;
-    let text = Component::new(text_files, |_, shape| Some(shape.to_vec())).map_err(in_file)?;
-    let sdxl = family == CheckpointFamily::Sdxl;
+            if let Some(rest) = name.strip_prefix("text_model.encoder.layers.") {
+                let index: usize = rest.split('.').next()?.parse().ok()?;
+                if index >= clip.num_hidden_layers {
+                    return None;
+                }
+            }
+            Some(name)
+        })?;
+        let component =
+            Component::new(text_files, |_, shape| Some(shape.to_vec())).map_err(in_file)?;
+        Some((clip, component))
+    };
+    let sdxl = family.is_sdxl();
     // SDXL's second text encoder, with its projection (transposed, held in memory).
     let text_2 = if sdxl {
         let mut files = open()?;
-        let clip = crate::ldm::sdxl_clip_from_open_clip(&mut files).map_err(in_file)?;
+        let clip = if refiner {
+            crate::ldm::sdxl_refiner_clip_from_open_clip(&mut files)
+        } else {
+            crate::ldm::sdxl_clip_from_open_clip(&mut files)
+        }
+        .map_err(in_file)?;
         let mut component =
             Component::new(files, |_, shape| Some(shape.to_vec())).map_err(in_file)?;
         let projection = vec![
@@ -286,7 +301,7 @@ pub fn checkpoint_to_diffusers(
         512
     };
 
-    for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+    for sub in ["unet", "vae", "scheduler"] {
         mkdir(&out_dir.join(sub))?;
     }
     let scheduler_class = if sdxl {
@@ -297,12 +312,28 @@ pub fn checkpoint_to_diffusers(
         "PNDMScheduler"
     };
     let pipeline_class = match (sdxl, unet_spec.in_channels == 9) {
+        _ if refiner => "StableDiffusionXLImg2ImgPipeline",
         (true, true) => "StableDiffusionXLInpaintPipeline",
         (true, false) => "StableDiffusionXLPipeline",
         (false, true) => "StableDiffusionInpaintPipeline",
         (false, false) => "StableDiffusionPipeline",
     };
-    let model_index = if sdxl {
+    let model_index = if refiner {
+        // As stabilityai/stable-diffusion-xl-refiner-1.0's: text encoder 2 alone, the aesthetic-score time id.
+        json!({
+            "_class_name": pipeline_class,
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "force_zeros_for_empty_prompt": false,
+            "requires_aesthetics_score": true,
+            "scheduler": ["diffusers", scheduler_class],
+            "text_encoder": [null, null],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": [null, null],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        })
+    } else if sdxl {
         json!({
             "_class_name": pipeline_class,
             "_diffusers_version": DIFFUSERS_VERSION,
@@ -337,15 +368,17 @@ pub fn checkpoint_to_diffusers(
         &out_dir.join("scheduler").join("scheduler_config.json"),
         &scheduler_json(&config.scheduler, scheduler_class),
     )?;
-    write_tokenizer(&out_dir.join("tokenizer"), sd2)?;
-
-    let te = out_dir.join("text_encoder");
-    write_json(
-        &te.join("config.json"),
-        &text_encoder_json(&clip, torch_dtype(text.main_dtype())),
-    )?;
-    text.write(&te.join("model.safetensors"))?;
-    drop(text);
+    if let Some((clip, text)) = text {
+        mkdir(&out_dir.join("tokenizer"))?;
+        write_tokenizer(&out_dir.join("tokenizer"), sd2)?;
+        let te = out_dir.join("text_encoder");
+        mkdir(&te)?;
+        write_json(
+            &te.join("config.json"),
+            &text_encoder_json(&clip, torch_dtype(text.main_dtype())),
+        )?;
+        text.write(&te.join("model.safetensors"))?;
+    }
     if let Some((clip_2, text_2)) = text_2 {
         mkdir(&out_dir.join("tokenizer_2"))?;
         write_tokenizer(&out_dir.join("tokenizer_2"), true)?;
@@ -360,12 +393,7 @@ pub fn checkpoint_to_diffusers(
     let unet_dir = out_dir.join("unet");
     write_json(
         &unet_dir.join("config.json"),
-        &unet_json(
-            &unet_spec,
-            image_size / 8,
-            sd2 && v_prediction,
-            extras.text_time,
-        ),
+        &unet_json(&unet_spec, image_size / 8, sd2 && v_prediction, extras),
     )?;
     unet.write(&unet_dir.join("diffusion_pytorch_model.safetensors"))?;
     drop(unet);
@@ -380,12 +408,12 @@ pub fn checkpoint_to_diffusers(
 }
 
 /// A diffusers `UNet2DConditionModel` config for `spec` (heads per block as diffusers' SD configs write them,
-/// in `attention_head_dim`), with SDXL's `text_time` addition embedding when `text_time` is given.
+/// in `attention_head_dim`), with SDXL's `text_time` addition embedding when `extras` has one.
 fn unet_json(
     spec: &UNetSpec,
     sample_size: usize,
     upcast_attention: bool,
-    text_time: Option<crate::unet::TextTime>,
+    extras: UNetExtras,
 ) -> Value {
     let c = &spec.config;
     let down: Vec<&str> = c
@@ -440,15 +468,25 @@ fn unet_json(
         "upcast_attention": upcast_attention,
         "use_linear_projection": c.use_linear_projection,
     });
+    // diffusers' mid block takes the last entry's depth: a last block without attention (the SDXL refiner's)
+    // carries the mid block's.
+    let last = c.blocks.len().saturating_sub(1);
     let layers: Vec<usize> = c
         .blocks
         .iter()
-        .map(|b| b.use_cross_attn.unwrap_or(1))
+        .enumerate()
+        .map(|(i, b)| {
+            b.use_cross_attn.unwrap_or(if i == last {
+                extras.mid_transformer_layers
+            } else {
+                1
+            })
+        })
         .collect();
     if layers.iter().any(|&l| l != 1) {
         value["transformer_layers_per_block"] = json!(layers);
     }
-    if let Some(t) = text_time {
+    if let Some(t) = extras.text_time {
         value["addition_embed_type"] = json!("text_time");
         value["addition_time_embed_dim"] = json!(t.time_embed_dim);
         value["projection_class_embeddings_input_dim"] = json!(t.input_dim);
@@ -583,6 +621,14 @@ mod tests {
     }
 
     #[test]
+    fn a_converted_sdxl_refiner_checkpoint_loads_like_the_checkpoint() {
+        converts_like_the_twin(
+            crate::tiny_sdxl::write_tiny_sdxl_refiner_checkpoint,
+            &CheckpointConfig::sdxl_refiner(),
+        );
+    }
+
+    #[test]
     fn a_converted_sd2_checkpoint_loads_like_the_checkpoint() {
         converts_like_the_twin(
             crate::tiny::write_tiny_sd2_checkpoint,
@@ -599,29 +645,62 @@ mod tests {
         write(&twin, &file, 7).unwrap();
         let out = dir.path().join("converted");
         checkpoint_to_diffusers(&file, config, &out).unwrap();
-        for f in [
+        let sdxl = twin.join("text_encoder_2").is_dir();
+        let refiner = config.family == CheckpointFamily::SdxlRefiner;
+        let mut expected = vec![
             "model_index.json",
             "unet/config.json",
             "unet/diffusion_pytorch_model.safetensors",
             "vae/config.json",
             "vae/diffusion_pytorch_model.safetensors",
+            "scheduler/scheduler_config.json",
+        ];
+        let first = [
             "text_encoder/config.json",
             "text_encoder/model.safetensors",
             "tokenizer/vocab.json",
             "tokenizer/merges.txt",
             "tokenizer/tokenizer_config.json",
             "tokenizer/special_tokens_map.json",
-            "scheduler/scheduler_config.json",
-        ] {
+        ];
+        let second = [
+            "text_encoder_2/config.json",
+            "text_encoder_2/model.safetensors",
+            "tokenizer_2/vocab.json",
+            "tokenizer_2/merges.txt",
+        ];
+        if !refiner {
+            expected.extend(first);
+        }
+        if sdxl {
+            expected.extend(second);
+        }
+        for f in expected {
             assert!(out.join(f).is_file(), "{f} missing");
         }
+        if refiner {
+            assert!(!out.join("text_encoder").exists() && !out.join("tokenizer").exists());
+        }
+        // The model index is the twin's (the refiner's: text encoder 2 alone, as diffusers saves it).
+        let index = |dir: &Path| crate::config::read_json(&dir.join("model_index.json")).unwrap();
+        let (ours, theirs) = (index(&out), index(&twin));
+        for field in [
+            "_class_name",
+            "text_encoder",
+            "tokenizer",
+            "text_encoder_2",
+            "requires_aesthetics_score",
+        ] {
+            assert_eq!(ours.get(field), theirs.get(field), "model_index {field}");
+        }
         // Same tensor names and shapes as the diffusers twin the checkpoint was written from.
-        let sdxl = twin.join("text_encoder_2").is_dir();
         let mut parts = vec![
             ("unet", "diffusion_pytorch_model"),
             ("vae", "diffusion_pytorch_model"),
-            ("text_encoder", "model"),
         ];
+        if !refiner {
+            parts.push(("text_encoder", "model"));
+        }
         if sdxl {
             parts.push(("text_encoder_2", "model"));
         }
@@ -669,7 +748,20 @@ mod tests {
             converted.vae_scaling_factor(),
             checkpoint.vae_scaling_factor()
         );
-        let (a, b) = if sdxl {
+        assert_eq!(converted.is_sdxl_refiner(), refiner);
+        assert_eq!(checkpoint.is_sdxl_refiner(), refiner);
+        let (a, b) = if refiner {
+            let a = converted
+                .encode_prompt_sdxl_refiner("a photo of a cat", 0)
+                .unwrap();
+            let b = checkpoint
+                .encode_prompt_sdxl_refiner("a photo of a cat", 0)
+                .unwrap();
+            let pooled = (a.pooled - b.pooled).unwrap().abs().unwrap();
+            let pooled = pooled.flatten_all().unwrap().max(0).unwrap();
+            assert_eq!(pooled.to_scalar::<f32>().unwrap(), 0.0, "pooled");
+            (a.embeds, b.embeds)
+        } else if sdxl {
             let a = converted
                 .encode_prompt_sdxl("a photo of a cat", "", 0, 0)
                 .unwrap();
@@ -696,6 +788,66 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(diff, 0.0);
+    }
+
+    /// The real SDXL refiner's UNet (attention on the middle levels, depth 4, a mid block of depth 4 after a last
+    /// block without attention) and SDXL's (depths 1, 2, 10; mid 10): diffusers reads the mid block's depth
+    /// from the last entry of `transformer_layers_per_block`.
+    #[test]
+    fn unet_configs_carry_the_mid_blocks_depth_last() {
+        use candle_transformers::models::stable_diffusion::unet_2d::{
+            BlockConfig, UNet2DConditionModelConfig,
+        };
+        let spec = |blocks: &[(usize, Option<usize>)]| UNetSpec {
+            in_channels: 4,
+            out_channels: 4,
+            config: UNet2DConditionModelConfig {
+                blocks: blocks
+                    .iter()
+                    .map(|&(out_channels, use_cross_attn)| BlockConfig {
+                        out_channels,
+                        use_cross_attn,
+                        attention_head_dim: out_channels / 64,
+                    })
+                    .collect(),
+                layers_per_block: 2,
+                cross_attention_dim: 1280,
+                use_linear_projection: true,
+                ..UNet2DConditionModelConfig::default()
+            },
+        };
+        let extras = |mid| UNetExtras {
+            mid_transformer_layers: mid,
+            text_time: Some(crate::unet::TextTime {
+                time_embed_dim: 256,
+                input_dim: 2560,
+            }),
+        };
+        let refiner = unet_json(
+            &spec(&[(384, None), (768, Some(4)), (1536, Some(4)), (1536, None)]),
+            128,
+            false,
+            extras(4),
+        );
+        assert_eq!(refiner["transformer_layers_per_block"], json!([1, 4, 4, 4]));
+        assert_eq!(refiner["attention_head_dim"], json!([6, 12, 24, 24]));
+        assert_eq!(
+            refiner["down_block_types"],
+            json!([
+                "DownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D"
+            ])
+        );
+        assert_eq!(refiner["projection_class_embeddings_input_dim"], 2560);
+        let base = unet_json(
+            &spec(&[(320, None), (640, Some(2)), (1280, Some(10))]),
+            128,
+            false,
+            extras(10),
+        );
+        assert_eq!(base["transformer_layers_per_block"], json!([1, 2, 10]));
     }
 
     #[test]

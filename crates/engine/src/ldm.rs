@@ -15,6 +15,9 @@
 //! `label_emb` (diffusers' `add_embedding`: [`unet_extras_from_ldm`]) and put their two text encoders under
 //! `conditioner.embedders.0.transformer.` (OpenAI CLIP ViT-L: [`sdxl_clip_from_ldm`]) and
 //! `conditioner.embedders.1.model.` (OpenCLIP ViT-bigG with its `text_projection`: [`sdxl_clip_from_open_clip`]).
+//! SDXL refiner checkpoints have the same UNet layout (attention on the middle levels only, cross-attention width
+//! 1280, `label_emb` sized for 5 time ids) and one text encoder, OpenCLIP ViT-bigG under
+//! `conditioner.embedders.0.model.` ([`sdxl_refiner_clip_from_open_clip`]).
 //! Checked against diffusers' `from_single_file` by `tools/reference/check_ldm_checkpoint.py`.
 
 use candle_transformers::models::stable_diffusion::unet_2d::{
@@ -564,7 +567,7 @@ pub fn unet_extras_from_ldm(
     }
     let text_time = match files.shape(&format!("{UNET_PREFIX}label_emb.0.0.weight")) {
         None => None,
-        Some(&[_, input_dim]) if time_embed_dim > 0 && input_dim > 6 * time_embed_dim => {
+        Some(&[_, input_dim]) if time_embed_dim > 0 && input_dim > 5 * time_embed_dim => {
             Some(TextTime {
                 time_embed_dim,
                 input_dim,
@@ -573,7 +576,7 @@ pub fn unet_extras_from_ldm(
         Some(s) => {
             return Err(EngineError::InvalidModel(format!(
                 "not an SDXL UNet checkpoint: label_emb.0.0.weight has shape {s:?} (expected (_, pooled + 6 × \
-                 {time_embed_dim}))"
+                 {time_embed_dim}), the refiner's pooled + 5 × {time_embed_dim})"
             )))
         }
     };
@@ -661,6 +664,10 @@ pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
 /// The prefix an SDXL checkpoint puts before its second (OpenCLIP ViT-bigG) text encoder.
 pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
+/// The prefix an SDXL refiner checkpoint puts before its only text encoder (OpenCLIP ViT-bigG, diffusers'
+/// `text_encoder_2`).
+pub const SDXL_REFINER_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.0.model.";
+
 /// SDXL's `addition_time_embed_dim` (a checkpoint does not record it; diffusers' conversion assumes 256).
 pub const SDXL_ADDITION_TIME_EMBED_DIM: usize = 256;
 
@@ -673,26 +680,37 @@ pub enum CheckpointFamily {
     Sd2,
     /// SDXL: two text encoders under `conditioner.embedders.` (OpenAI CLIP ViT-L and OpenCLIP ViT-bigG).
     Sdxl,
+    /// The SDXL refiner: one text encoder, OpenCLIP ViT-bigG under `conditioner.embedders.0.model.`.
+    SdxlRefiner,
 }
 
 impl CheckpointFamily {
-    /// The family's name in messages ("SD 1.x", "SD 2.x", "SDXL").
+    /// The family's name in messages ("SD 1.x", "SD 2.x", "SDXL", "SDXL refiner").
     pub fn name(self) -> &'static str {
         match self {
             CheckpointFamily::Sd1 => "SD 1.x",
             CheckpointFamily::Sd2 => "SD 2.x",
             CheckpointFamily::Sdxl => "SDXL",
+            CheckpointFamily::SdxlRefiner => "SDXL refiner",
         }
+    }
+
+    /// Whether this is SDXL, base or refiner (Stability's SGM layout, the UNet's addition embedding).
+    pub fn is_sdxl(self) -> bool {
+        matches!(self, CheckpointFamily::Sdxl | CheckpointFamily::SdxlRefiner)
     }
 }
 
-/// Which family a whole LDM checkpoint belongs to, from where its text encoder lives (`conditioner.embedders.`:
-/// SDXL, `cond_stage_model.model.`: SD 2.x, `cond_stage_model.transformer.`: SD 1.x); a file with none of them
-/// (a bare UNet, a VAE, a diffusers weights file) is not a whole checkpoint. The UNet's cross-attention width
-/// must then agree with it (768 for SD 1.x, 1024 for SD 2.x).
+/// Which family a whole LDM checkpoint belongs to, from where its text encoder lives
+/// (`conditioner.embedders.0.model.`: the SDXL refiner, other `conditioner.embedders.`: SDXL,
+/// `cond_stage_model.model.`: SD 2.x, `cond_stage_model.transformer.`: SD 1.x); a file with none of them (a bare
+/// UNet, a VAE, a diffusers weights file) is not a whole checkpoint. The UNet's cross-attention width must then
+/// agree with it (768 for SD 1.x, 1024 for SD 2.x).
 pub fn checkpoint_family(files: &SafetensorsFiles) -> Result<CheckpointFamily, EngineError> {
     let has = |prefix: &str| files.names().any(|n| n.starts_with(prefix));
-    let family = if has(SDXL_CONDITIONER_PREFIX) {
+    let family = if has(SDXL_REFINER_OPEN_CLIP_PREFIX) {
+        CheckpointFamily::SdxlRefiner
+    } else if has(SDXL_CONDITIONER_PREFIX) {
         CheckpointFamily::Sdxl
     } else if has(OPEN_CLIP_PREFIX) {
         CheckpointFamily::Sd2
@@ -707,7 +725,7 @@ pub fn checkpoint_family(files: &SafetensorsFiles) -> Result<CheckpointFamily, E
     let expected = match family {
         CheckpointFamily::Sd1 => 768,
         CheckpointFamily::Sd2 => 1024,
-        CheckpointFamily::Sdxl => return Ok(family),
+        CheckpointFamily::Sdxl | CheckpointFamily::SdxlRefiner => return Ok(family),
     };
     let width = files
         .shape(&format!(
@@ -791,7 +809,7 @@ pub fn clip_from_open_clip(
     files: &mut SafetensorsFiles,
     max_layers: Option<usize>,
 ) -> Result<ClipTextConfig, EngineError> {
-    open_clip_at(files, OPEN_CLIP_PREFIX, max_layers, false)
+    open_clip_at(files, OPEN_CLIP_PREFIX, max_layers, None)
 }
 
 /// [`clip_from_open_clip`] for an SDXL checkpoint's second text encoder (OpenCLIP ViT-bigG under
@@ -802,16 +820,31 @@ pub fn clip_from_open_clip(
 pub fn sdxl_clip_from_open_clip(
     files: &mut SafetensorsFiles,
 ) -> Result<ClipTextConfig, EngineError> {
-    open_clip_at(files, SDXL_OPEN_CLIP_PREFIX, None, true)
+    open_clip_at(files, SDXL_OPEN_CLIP_PREFIX, None, Some("an SDXL"))
 }
 
+/// [`sdxl_clip_from_open_clip`] for an SDXL refiner checkpoint's only text encoder (OpenCLIP ViT-bigG under
+/// `conditioner.embedders.0.model.`), diffusers' `text_encoder_2`: the same mapping, another prefix.
+pub fn sdxl_refiner_clip_from_open_clip(
+    files: &mut SafetensorsFiles,
+) -> Result<ClipTextConfig, EngineError> {
+    open_clip_at(
+        files,
+        SDXL_REFINER_OPEN_CLIP_PREFIX,
+        None,
+        Some("an SDXL refiner"),
+    )
+}
+
+/// The OpenCLIP text encoder under `prefix`; `projection` (the family's name in messages) keeps its
+/// `text_projection`, as SDXL's second encoder; `None`: SD 2.x's, without it.
 fn open_clip_at(
     files: &mut SafetensorsFiles,
     prefix: &str,
     max_layers: Option<usize>,
-    projection: bool,
+    projection: Option<&str>,
 ) -> Result<ClipTextConfig, EngineError> {
-    let family = if projection { "an SDXL" } else { "an SD 2.x" };
+    let family = projection.unwrap_or("an SD 2.x");
     let invalid = |what: &str| {
         EngineError::InvalidModel(format!("not {family} (OpenCLIP) checkpoint: {what}"))
     };
@@ -855,7 +888,7 @@ fn open_clip_at(
             }
         }
     }
-    let projection = if projection {
+    let projection = if projection.is_some() {
         let name = format!("{prefix}text_projection");
         match shape("text_projection").as_deref() {
             Some(&[w, p]) if w == hidden_size && p > 0 => {
@@ -1117,7 +1150,7 @@ mod tests {
             &'a [(&'a str, Vec<usize>)],
             Result<CheckpointFamily, &'a str>,
         );
-        let cases: [Case<'_>; 6] = [
+        let cases: [Case<'_>; 7] = [
             (
                 &[
                     ("cond_stage_model.transformer.text_model.final_layer_norm.weight", vec![4]),
@@ -1142,6 +1175,14 @@ mod tests {
                     ("conditioner.embedders.1.model.ln_final.weight", vec![4]),
                 ],
                 Ok(CheckpointFamily::Sdxl),
+            ),
+            (
+                &[
+                    ("conditioner.embedders.0.model.ln_final.weight", vec![4]),
+                    ("conditioner.embedders.0.model.text_projection", vec![4, 4]),
+                    (to_k, vec![4, 1280]),
+                ],
+                Ok(CheckpointFamily::SdxlRefiner),
             ),
             (
                 &[

@@ -187,6 +187,15 @@ impl CheckpointConfig {
         }
     }
 
+    /// The SDXL refiner: as [`CheckpointConfig::sdxl`] (the refiner's scheduler and VAE are the base's; the UNet's
+    /// addition embedding takes 5 time ids, read off `label_emb`'s shape).
+    pub fn sdxl_refiner() -> Self {
+        Self {
+            family: CheckpointFamily::SdxlRefiner,
+            ..Self::sdxl()
+        }
+    }
+
     /// This configuration with another prediction type (a model record's, which a checkpoint cannot tell).
     pub fn with_prediction_type(mut self, prediction_type: PredictionType) -> Self {
         self.scheduler.prediction_type = prediction_type;
@@ -586,7 +595,8 @@ impl Sd {
     /// Loads an SD 1.x, 2.x or XL single-file checkpoint in the original LDM layout (`.safetensors`: the UNet
     /// under `model.diffusion_model.`, the VAE under `first_stage_model.`, the text encoder under
     /// `cond_stage_model.transformer.` (SD 1.x, OpenAI CLIP) or `cond_stage_model.model.` (SD 2.x, OpenCLIP);
-    /// SDXL's two under `conditioner.embedders.0.transformer.` and `conditioner.embedders.1.model.`).
+    /// SDXL's two under `conditioner.embedders.0.transformer.` and `conditioner.embedders.1.model.`, the SDXL
+    /// refiner's one under `conditioner.embedders.0.model.`).
     /// The tensor names are mapped to diffusers' ([`crate::ldm`]), the configurations follow from the shapes,
     /// and what a checkpoint does not record (attention heads, text-encoder depth, the scheduler and its
     /// prediction type, the VAE's scaling factor) comes from `config`, whose family must be the file's. The
@@ -633,7 +643,7 @@ impl Sd {
                 config.family.name()
             )));
         }
-        if family == CheckpointFamily::Sdxl {
+        if family.is_sdxl() {
             return Self::load_sdxl_checkpoint(file, text_files, config, device, dtype, loras);
         }
         let (clip_config, tokenizer) = match family {
@@ -1066,10 +1076,12 @@ impl Sd {
         )
     }
 
-    /// An SDXL single-file checkpoint ([`Sd::load_checkpoint_with_loras`]): `text_files` is the file, opened.
-    /// Text encoder 1 is `conditioner.embedders.0.transformer.` (OpenAI CLIP, the bundled tokenizer), text
-    /// encoder 2 `conditioner.embedders.1.model.` (OpenCLIP bigG with its projection, `!` padding), both whole;
-    /// the UNet's `label_emb` is its addition embedding. LoRAs go where [`Sd::load_sdxl`] puts them.
+    /// An SDXL (base or refiner) single-file checkpoint ([`Sd::load_checkpoint_with_loras`]): `text_files` is
+    /// the file, opened. Text encoder 1 is `conditioner.embedders.0.transformer.` (OpenAI CLIP, the bundled
+    /// tokenizer), text encoder 2 `conditioner.embedders.1.model.` (OpenCLIP bigG with its projection, `!`
+    /// padding), both whole; the refiner has text encoder 2 alone, under `conditioner.embedders.0.model.`. The
+    /// UNet's `label_emb` is its addition embedding. LoRAs go where [`Sd::load_sdxl`] puts them (the refiner has
+    /// no first text encoder for `loras.text_encoder`).
     fn load_sdxl_checkpoint(
         file: &Path,
         mut text_files: SafetensorsFiles,
@@ -1084,14 +1096,27 @@ impl Sd {
             }
             other => other,
         };
-        let mut clip_1 = crate::ldm::sdxl_clip_from_ldm(&mut text_files).map_err(in_file)?;
-        if let Some(max) = config.text_encoder_layers {
-            clip_1.num_hidden_layers = clip_1.num_hidden_layers.min(max);
+        let refiner = config.family == CheckpointFamily::SdxlRefiner;
+        let (first, mut text_files_2) = if refiner {
+            (None, text_files)
+        } else {
+            let mut clip_1 = crate::ldm::sdxl_clip_from_ldm(&mut text_files).map_err(in_file)?;
+            if let Some(max) = config.text_encoder_layers {
+                clip_1.num_hidden_layers = clip_1.num_hidden_layers.min(max);
+            }
+            apply_loras(&mut text_files, LoraTarget::TextEncoder, loras.text_encoder)?;
+            let text_encoder = ClipTextTransformer::from_files(clip_1, text_files, dtype, device)?;
+            (
+                Some((ClipTokenizer::openai_clip()?, text_encoder)),
+                SafetensorsFiles::open(&[file])?,
+            )
+        };
+        let clip_2 = if refiner {
+            crate::ldm::sdxl_refiner_clip_from_open_clip(&mut text_files_2)
+        } else {
+            crate::ldm::sdxl_clip_from_open_clip(&mut text_files_2)
         }
-        apply_loras(&mut text_files, LoraTarget::TextEncoder, loras.text_encoder)?;
-        let text_encoder = ClipTextTransformer::from_files(clip_1, text_files, dtype, device)?;
-        let mut text_files_2 = SafetensorsFiles::open(&[file])?;
-        let clip_2 = crate::ldm::sdxl_clip_from_open_clip(&mut text_files_2).map_err(in_file)?;
+        .map_err(in_file)?;
         apply_loras(
             &mut text_files_2,
             LoraTarget::TextEncoder2,
@@ -1117,10 +1142,7 @@ impl Sd {
         let vae = Vae::load_checkpoint(file, config.vae_scaling_factor, device, VAE_DTYPE)?;
         Self::assemble_sdxl(
             file,
-            (
-                Some((ClipTokenizer::openai_clip()?, text_encoder)),
-                (ClipTokenizer::open_clip()?, text_encoder_2),
-            ),
+            (first, (ClipTokenizer::open_clip()?, text_encoder_2)),
             (unet, unet_spec),
             vae,
             config.scheduler.clone(),

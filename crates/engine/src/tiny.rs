@@ -409,7 +409,9 @@ pub fn write_tiny_sd2_checkpoint(
 /// into `in_proj`, for a GELU one), the inverse of [`crate::ldm`]'s mappings. An OpenCLIP encoder also gets the
 /// `text_projection` and `logit_scale` real checkpoints carry (unused by SD 2.x). An SDXL folder
 /// (`text_encoder_2/`) becomes Stability's SGM layout: `conditioner.embedders.0.transformer.text_model.` and
-/// `conditioner.embedders.1.model.` (OpenCLIP names, its `text_projection` transposed to OpenCLIP's layout).
+/// `conditioner.embedders.1.model.` (OpenCLIP names, its `text_projection` transposed to OpenCLIP's layout); an
+/// SDXL refiner folder (`text_encoder_2/` without `text_encoder/`) has its one encoder under
+/// `conditioner.embedders.0.model.`, as Stability's refiner checkpoint.
 pub fn write_ldm_checkpoint(dir: &Path, file: &Path) -> Result<(), EngineError> {
     let open = |sub: &str, stems: &[&str]| {
         crate::weights::SafetensorsFiles::open(&crate::weights::component_files(
@@ -437,10 +439,9 @@ pub fn write_ldm_checkpoint(dir: &Path, file: &Path) -> Result<(), EngineError> 
         let tensor = unet.load(&name, DType::F32, &Device::Cpu)?;
         tensors.push((format!("{}{ldm}", crate::ldm::UNET_PREFIX), tensor));
     }
-    let text = open("text_encoder", &["model"])?;
-    let text_config =
-        crate::clip::ClipTextConfig::from_file(&dir.join("text_encoder").join("config.json"))?;
     let sdxl = dir.join("text_encoder_2").is_dir();
+    // The SDXL refiner has text encoder 2 alone, under `conditioner.embedders.0.model.`.
+    let refiner = sdxl && !dir.join("text_encoder").is_dir();
     if sdxl {
         let text_2 = open("text_encoder_2", &["model"])?;
         let config_2 = crate::clip::ClipTextConfig::from_file(
@@ -450,13 +451,25 @@ pub fn write_ldm_checkpoint(dir: &Path, file: &Path) -> Result<(), EngineError> 
             .load("text_projection.weight", DType::F32, &Device::Cpu)?
             .t()?
             .contiguous()?;
+        let prefix = if refiner {
+            crate::ldm::SDXL_REFINER_OPEN_CLIP_PREFIX
+        } else {
+            crate::ldm::SDXL_OPEN_CLIP_PREFIX
+        };
         tensors.extend(open_clip_tensors(
             &text_2,
             config_2.hidden_size,
-            crate::ldm::SDXL_OPEN_CLIP_PREFIX,
+            prefix,
             Some(projection),
         )?);
-    } else if text_config.hidden_act == crate::clip::Activation::Gelu {
+        if refiner {
+            return save_tensors(file, tensors);
+        }
+    }
+    let text = open("text_encoder", &["model"])?;
+    let text_config =
+        crate::clip::ClipTextConfig::from_file(&dir.join("text_encoder").join("config.json"))?;
+    if !sdxl && text_config.hidden_act == crate::clip::Activation::Gelu {
         tensors.extend(open_clip_tensors(
             &text,
             text_config.hidden_size,

@@ -72,6 +72,13 @@ const TWIN: Dims = Dims {
     refiner: false,
 };
 
+/// [`write_tiny_sdxl_refiner_twin`]'s sizes: [`TWIN`] without the first encoder (cross-attention width 128,
+/// projection_class_embeddings_input_dim 128 + 5·256 = 1408).
+const REFINER_TWIN: Dims = Dims {
+    refiner: true,
+    ..TWIN
+};
+
 fn unet_config(d: &Dims) -> Value {
     let [e1, e2] = d.encoders;
     let (cross, time_ids) = if d.refiner {
@@ -249,6 +256,26 @@ pub fn write_tiny_sdxl_checkpoint(
     seed: u64,
 ) -> Result<(), EngineError> {
     write_tiny_sdxl_twin(twin_dir, seed)?;
+    crate::tiny::write_ldm_checkpoint(twin_dir, file)
+}
+
+/// Writes the diffusers twin of [`write_tiny_sdxl_refiner_checkpoint`]'s checkpoint: [`write_tiny_sdxl_twin`]'s
+/// model as a refiner (`StableDiffusionXLImg2ImgPipeline` without `text_encoder/` and `tokenizer/`, as
+/// [`write_tiny_sdxl_refiner`]), so its UNet's cross-attention width is text encoder 2's (128) and its addition
+/// embedding takes 5 time ids (128 + 5·256 = 1408).
+pub fn write_tiny_sdxl_refiner_twin(dir: &Path, seed: u64) -> Result<(), EngineError> {
+    write_sdxl(dir, seed, &REFINER_TWIN)
+}
+
+/// Writes a tiny SDXL refiner single-file checkpoint in Stability's SGM layout to `file` (its one text encoder,
+/// OpenCLIP-named, under `conditioner.embedders.0.model.`), with its diffusers twin
+/// ([`write_tiny_sdxl_refiner_twin`]) in `twin_dir`: the same weights, so both generate the same images.
+pub fn write_tiny_sdxl_refiner_checkpoint(
+    twin_dir: &Path,
+    file: &Path,
+    seed: u64,
+) -> Result<(), EngineError> {
+    write_tiny_sdxl_refiner_twin(twin_dir, seed)?;
     crate::tiny::write_ldm_checkpoint(twin_dir, file)
 }
 

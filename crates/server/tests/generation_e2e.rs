@@ -10,7 +10,8 @@ use atelier_engine::tiny::{
     write_tiny_sd2_checkpoint, Family, LoraNaming,
 };
 use atelier_engine::tiny_sdxl::{
-    write_tiny_sdxl, write_tiny_sdxl_lora, write_tiny_sdxl_refiner, SdxlLoraNaming,
+    write_tiny_sdxl, write_tiny_sdxl_lora, write_tiny_sdxl_refiner,
+    write_tiny_sdxl_refiner_checkpoint, SdxlLoraNaming,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -915,6 +916,134 @@ async fn a_tiny_sdxl_model_generates_through_the_endpoint_and_its_graph() {
     assert_eq!(decoded[2].as_raw(), decoded[3].as_raw(), "SD 1.x VAE");
 }
 
+/// The UI's SDXL refiner graph on `refiner` (a record) for the uploaded image `image`: loader → refiner
+/// prompts, i2l of the image + noise → denoise_latents from 0.8 → l2i.
+fn refiner_graph(refiner: &Value, image: &str, aesthetic: f64) -> Value {
+    let edge = |from: &str, out: &str, to: &str, field: &str| {
+        json!({"source": {"node_id": from, "field": out},
+            "destination": {"node_id": to, "field": field}})
+    };
+    json!({"graph": {"id": "refine", "nodes": {
+        "loader": {"id": "loader", "type": "sdxl_refiner_model_loader",
+            "model": identifier(refiner)},
+        "pos": {"id": "pos", "type": "sdxl_refiner_compel_prompt", "style": "a (red)1.2 fox",
+            "original_width": 64, "original_height": 64, "aesthetic_score": aesthetic},
+        "neg": {"id": "neg", "type": "sdxl_refiner_compel_prompt", "style": "",
+            "original_width": 64, "original_height": 64, "aesthetic_score": 2.5},
+        "i2l": {"id": "i2l", "type": "i2l", "image": {"image_name": image}},
+        "noise": {"id": "noise", "type": "noise", "seed": 42, "width": 64, "height": 64},
+        "denoise": {"id": "denoise", "type": "denoise_latents", "steps": 10, "cfg_scale": 5.0,
+            "scheduler": "euler", "denoising_start": 0.8, "denoising_end": 1.0},
+        "l2i": {"id": "l2i", "type": "l2i", "is_intermediate": false}},
+      "edges": [
+        edge("loader", "clip2", "pos", "clip2"),
+        edge("loader", "clip2", "neg", "clip2"),
+        edge("loader", "vae", "i2l", "vae"),
+        edge("loader", "vae", "l2i", "vae"),
+        edge("loader", "unet", "denoise", "unet"),
+        edge("pos", "conditioning", "denoise", "positive_conditioning"),
+        edge("neg", "conditioning", "denoise", "negative_conditioning"),
+        edge("noise", "noise", "denoise", "noise"),
+        edge("i2l", "latents", "denoise", "latents"),
+        edge("denoise", "latents", "l2i", "latents")]},
+     "runs": 1})
+}
+
+/// An SDXL refiner single file (Stability's SGM layout) installs as an `sdxl-refiner` checkpoint,
+/// refines through the refiner graph exactly as its diffusers twin, and converts to a diffusers
+/// folder (text encoder 2 alone) that refines the same.
+#[tokio::test]
+async fn a_single_file_sdxl_refiner_refines_like_its_diffusers_twin_and_converts() {
+    let s = TestServer::single_user().await;
+    let incoming = s.root.path().join("incoming");
+    let twin_dir = incoming.join("tiny-sdxl-refiner-twin");
+    let file = incoming.join("tiny-sdxl-refiner-ldm.safetensors");
+    write_tiny_sdxl_refiner_checkpoint(&twin_dir, &file, 11).expect("tiny refiner checkpoint");
+    let job = install(&s, None, file.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let checkpoint = job["config_out"].clone();
+    assert_eq!(
+        (
+            checkpoint["type"].clone(),
+            checkpoint["format"].clone(),
+            checkpoint["base"].clone(),
+            checkpoint["variant"].clone(),
+            checkpoint["prediction_type"].clone()
+        ),
+        (
+            json!("main"),
+            json!("checkpoint"),
+            json!("sdxl-refiner"),
+            json!("normal"),
+            json!("epsilon")
+        ),
+        "{checkpoint}"
+    );
+    let job = install(&s, None, twin_dir.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let twin = job["config_out"].clone();
+    assert_eq!(
+        (twin["format"].clone(), twin["base"].clone()),
+        (json!("diffusers"), json!("sdxl-refiner")),
+        "{twin}"
+    );
+    let up = s
+        .upload(
+            None,
+            "image_category=user&is_intermediate=false",
+            png_bytes(64, 64),
+            "image/png",
+        )
+        .await;
+    assert_eq!(up.status, 201, "{}", up.text);
+    let image = up.body["image_name"].as_str().unwrap().to_owned();
+    let refine = |record: Value| {
+        let graph = refiner_graph(&record, &image, 6.0);
+        let s = &s;
+        async move {
+            let item = run_batch(s, &graph).await;
+            assert_eq!(item["status"], "completed", "{item}");
+            image_pixels(s, None, &item_image(&item)).await
+        }
+    };
+    let from_file = refine(checkpoint.clone()).await;
+    let from_twin = refine(twin.clone()).await;
+    assert_eq!(from_file.dimensions(), (64, 64));
+    let first = from_file.get_pixel(0, 0);
+    assert!(from_file.pixels().any(|p| p != first), "a uniform image");
+    assert_eq!(from_file.as_raw(), from_twin.as_raw());
+
+    // Converted to diffusers: text encoder 2 alone, the same pixels.
+    let key = checkpoint["key"].as_str().unwrap();
+    let r = s
+        .put_empty(&format!("/api/v2/models/convert/{key}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let converted = r.body.clone();
+    assert_eq!(
+        (converted["format"].clone(), converted["base"].clone()),
+        (json!("diffusers"), json!("sdxl-refiner")),
+        "{converted}"
+    );
+    let dir = s
+        .root
+        .path()
+        .join("models")
+        .join(converted["path"].as_str().unwrap());
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model_index.json")).unwrap()).unwrap();
+    assert_eq!(index["_class_name"], "StableDiffusionXLImg2ImgPipeline");
+    assert_eq!(index["text_encoder"], json!([null, null]));
+    assert!(dir
+        .join("text_encoder_2")
+        .join("model.safetensors")
+        .is_file());
+    assert!(!dir.join("text_encoder").exists());
+    let r = s.get(&format!("/api/v2/models/i/{key}"), None).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert_eq!(refine(converted).await.as_raw(), from_file.as_raw());
+}
+
 #[tokio::test]
 async fn a_tiny_sdxl_refiner_refines_an_image_through_its_graph() {
     let s = TestServer::single_user().await;
@@ -932,37 +1061,8 @@ async fn a_tiny_sdxl_refiner_refines_an_image_through_its_graph() {
         )
         .await;
     assert_eq!(up.status, 201, "{}", up.text);
-    // loader → refiner prompts, i2l of the image + noise → denoise_latents from 0.8 → l2i.
-    let graph = |aesthetic: f64| {
-        let edge = |from: &str, out: &str, to: &str, field: &str| {
-            json!({"source": {"node_id": from, "field": out},
-                "destination": {"node_id": to, "field": field}})
-        };
-        json!({"graph": {"id": "refine", "nodes": {
-            "loader": {"id": "loader", "type": "sdxl_refiner_model_loader",
-                "model": identifier(&refiner.body)},
-            "pos": {"id": "pos", "type": "sdxl_refiner_compel_prompt", "style": "a (red)1.2 fox",
-                "original_width": 64, "original_height": 64, "aesthetic_score": aesthetic},
-            "neg": {"id": "neg", "type": "sdxl_refiner_compel_prompt", "style": "",
-                "original_width": 64, "original_height": 64, "aesthetic_score": 2.5},
-            "i2l": {"id": "i2l", "type": "i2l", "image": {"image_name": up.body["image_name"]}},
-            "noise": {"id": "noise", "type": "noise", "seed": 42, "width": 64, "height": 64},
-            "denoise": {"id": "denoise", "type": "denoise_latents", "steps": 10, "cfg_scale": 5.0,
-                "scheduler": "euler", "denoising_start": 0.8, "denoising_end": 1.0},
-            "l2i": {"id": "l2i", "type": "l2i", "is_intermediate": false}},
-          "edges": [
-            edge("loader", "clip2", "pos", "clip2"),
-            edge("loader", "clip2", "neg", "clip2"),
-            edge("loader", "vae", "i2l", "vae"),
-            edge("loader", "vae", "l2i", "vae"),
-            edge("loader", "unet", "denoise", "unet"),
-            edge("pos", "conditioning", "denoise", "positive_conditioning"),
-            edge("neg", "conditioning", "denoise", "negative_conditioning"),
-            edge("noise", "noise", "denoise", "noise"),
-            edge("i2l", "latents", "denoise", "latents"),
-            edge("denoise", "latents", "l2i", "latents")]},
-         "runs": 1})
-    };
+    let image = up.body["image_name"].as_str().unwrap().to_owned();
+    let graph = |aesthetic: f64| refiner_graph(&refiner.body, &image, aesthetic);
     let item = run_batch(&s, &graph(6.0)).await;
     assert_eq!(item["status"], "completed", "{item}");
     let first = image_pixels(&s, None, &item_image(&item)).await;

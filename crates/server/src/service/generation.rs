@@ -258,13 +258,10 @@ fn main_record(host: &mut dyn Host, key: &str) -> Result<(Value, bool), NodeErro
     }
     let checkpoint = match record["format"].as_str().unwrap_or_default() {
         "diffusers" => false,
-        // Single files in the original LDM/SGM layout (SD 1.x, 2.x and XL; refiners are refused below).
+        // Single files in the original LDM/SGM layout (SD 1.x, 2.x, XL and the XL refiner).
         "checkpoint" => true,
         other => return Err(unsupported(&format!("a main model in {other} format"))),
     };
-    if checkpoint && base == "sdxl-refiner" {
-        return Err(unsupported("an SDXL refiner single-file checkpoint"));
-    }
     Ok((record, checkpoint))
 }
 
@@ -447,6 +444,7 @@ pub(crate) fn checkpoint_config(record: &Value) -> CheckpointConfig {
     let config = match record["base"].as_str() {
         Some("sd-2") => CheckpointConfig::sd2(),
         Some("sdxl") => CheckpointConfig::sdxl(),
+        Some("sdxl-refiner") => CheckpointConfig::sdxl_refiner(),
         _ => CheckpointConfig::sd1(),
     };
     match record["prediction_type"].as_str() {
@@ -947,6 +945,10 @@ mod tests {
         assert_eq!(
             config(serde_json::json!({"base": "sdxl", "prediction_type": "epsilon"})),
             (CheckpointFamily::Sdxl, PredictionType::Epsilon)
+        );
+        assert_eq!(
+            config(serde_json::json!({"base": "sdxl-refiner", "prediction_type": "epsilon"})),
+            (CheckpointFamily::SdxlRefiner, PredictionType::Epsilon)
         );
     }
 

@@ -61,7 +61,7 @@ impl ConversionFlag {
 /// ([`crate::service::generation::checkpoint_config`]), so the converted model runs the same.
 fn checkpoint_config(key: &str, record: &Record) -> Result<CheckpointConfig, ApiError> {
     let base = record.get("base").and_then(Value::as_str).unwrap_or("");
-    if !["sd-1", "sd-2", "sdxl"].contains(&base) {
+    if !CONVERTIBLE_BASES.contains(&base) {
         let reason = format!("converting single-file {base} checkpoints is not supported yet");
         return Err(ApiError::failed(&format!(
             "Unable to convert model {key}: {reason}"
@@ -225,8 +225,14 @@ mod tests {
         assert!(!is_convertible(&record("main", "diffusers", "sd-1")));
         assert!(!is_convertible(&record("lora", "lycoris", "sd-1")));
         assert!(!is_convertible(&record("main", "checkpoint", "flux")));
-        let refiner = checkpoint_config("k", &record("main", "checkpoint", "sdxl-refiner")).err();
-        assert!(refiner.is_some_and(|e| e.detail().contains("not supported yet")));
+        let refiner =
+            checkpoint_config("k", &record("main", "checkpoint", "sdxl-refiner")).expect("refiner");
+        assert_eq!(
+            refiner.family,
+            atelier_engine::ldm::CheckpointFamily::SdxlRefiner
+        );
+        let other = checkpoint_config("k", &record("main", "checkpoint", "flux")).err();
+        assert!(other.is_some_and(|e| e.detail().contains("not supported yet")));
         let sdxl = checkpoint_config("k", &record("main", "checkpoint", "sdxl")).expect("sdxl");
         assert_eq!(sdxl.family, atelier_engine::ldm::CheckpointFamily::Sdxl);
         let mut v = record("main", "checkpoint", "sd-2");

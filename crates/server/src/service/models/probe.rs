@@ -230,6 +230,15 @@ fn main_checkpoint(header: &Header) -> Result<Probed, ProbeError> {
         (Some(1024), _) => "sd-2",
         (None, Some(2048)) => "sdxl",
         (None, Some(1280)) => "sdxl-refiner",
+        // A non-standard width (small test models): Stability's SGM text encoders tell SDXL
+        // (OpenCLIP bigG second, under `conditioner.embedders.1.model.`) from its refiner (OpenCLIP
+        // bigG alone, under `conditioner.embedders.0.model.`).
+        _ if header.has_prefix("conditioner.embedders.0.model.") => "sdxl-refiner",
+        _ if header.has_prefix("conditioner.embedders.0.transformer.")
+            && header.has_prefix("conditioner.embedders.1.model.") =>
+        {
+            "sdxl"
+        }
         (a, b) => {
             return Err(ProbeError::Unrecognized(format!(
                 "a Stable Diffusion UNet with an unknown cross-attention width ({:?})",
@@ -626,6 +635,28 @@ pub(crate) mod tests {
             probe_tensors(unet(2, 768, 5)),
             Err(ProbeError::Unrecognized(_))
         ));
+        // Another width: the SGM text encoders tell SDXL from its refiner.
+        assert!(matches!(
+            probe_tensors(unet(3, 128, 4)),
+            Err(ProbeError::Unrecognized(_))
+        ));
+        let text = |names: &[&str]| {
+            let mut t = unet(3, 128, 4);
+            t.extend(
+                names
+                    .iter()
+                    .map(|n| (format!("{n}ln_final.weight"), vec![8])),
+            );
+            probe_tensors(t)
+        };
+        let p = text(&["conditioner.embedders.0.model."]).expect("tiny refiner");
+        assert_eq!(p["base"], "sdxl-refiner");
+        let p = text(&[
+            "conditioner.embedders.0.transformer.",
+            "conditioner.embedders.1.model.",
+        ])
+        .expect("tiny sdxl");
+        assert_eq!(p["base"], "sdxl");
     }
 
     #[test]
