@@ -10,7 +10,7 @@ use atelier_engine::tiny::{
     write_tiny_sd2_checkpoint, Family, LoraNaming,
 };
 use atelier_engine::tiny_sdxl::{
-    write_tiny_sdxl, write_tiny_sdxl_lora, write_tiny_sdxl_refiner,
+    write_tiny_sdxl, write_tiny_sdxl_checkpoint, write_tiny_sdxl_lora, write_tiny_sdxl_refiner,
     write_tiny_sdxl_refiner_checkpoint, SdxlLoraNaming,
 };
 use serde_json::{json, Value};
@@ -496,16 +496,24 @@ async fn a_single_file_sd2_checkpoint_generates_like_its_diffusers_twin() {
     checkpoint_generates_like_its_twin("sd2", "sd-2", "v_prediction").await;
 }
 
+/// The probe knows this tiny SDXL file (its cross-attention is not SDXL's 2048) by its two SGM
+/// text encoders.
+#[tokio::test]
+async fn a_single_file_sdxl_checkpoint_generates_like_its_diffusers_twin() {
+    checkpoint_generates_like_its_twin("sdxl", "sdxl", "epsilon").await;
+}
+
 async fn checkpoint_generates_like_its_twin(family: &str, base: &str, prediction: &str) {
     let s = TestServer::single_user().await;
     let incoming = s.root.path().join("incoming");
     let twin_dir = incoming.join(format!("tiny-{family}-twin"));
     let file = incoming.join(format!("tiny-{family}-ldm.safetensors"));
-    if family == "sd2" {
-        write_tiny_sd2_checkpoint(&twin_dir, &file, 11).expect("tiny checkpoint");
-    } else {
-        write_tiny_sd1_checkpoint(&twin_dir, &file, 11).expect("tiny checkpoint");
+    match family {
+        "sd2" => write_tiny_sd2_checkpoint(&twin_dir, &file, 11),
+        "sdxl" => write_tiny_sdxl_checkpoint(&twin_dir, &file, 11),
+        _ => write_tiny_sd1_checkpoint(&twin_dir, &file, 11),
     }
+    .expect("tiny checkpoint");
     // The model manager identifies the single file from its tensors.
     let job = install(&s, None, file.to_str().unwrap(), true).await;
     assert_eq!(job["status"], "completed", "{job}");
