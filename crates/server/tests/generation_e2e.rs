@@ -1220,3 +1220,132 @@ async fn an_sdxl_lora_changes_the_image_and_weight_zero_does_not() {
     );
     assert_ne!(only_clip2.as_raw(), pixels[0].as_raw(), "no LoRA applied");
 }
+
+/// `POST /api/v1/generate` with `refiner_model` (an Atelier extension): the base SDXL model
+/// denoises up to `refiner_start`, the refiner takes its latents from there, the base's VAE
+/// decodes; the metadata carries the refiner settings; the dry run's batch gives the same pixels.
+#[tokio::test]
+async fn the_generate_endpoint_chains_an_sdxl_refiner() {
+    let s = TestServer::single_user().await;
+    let incoming = s.root.path().join("incoming");
+    write_tiny_sdxl(&incoming.join("tiny-sdxl"), 7).expect("tiny sdxl");
+    let base = install_in_place(&s, &incoming.join("tiny-sdxl"), "tiny-sdxl").await;
+    write_tiny_sdxl_refiner(&incoming.join("tiny-refiner"), 9).expect("tiny refiner");
+    let refiner = install_in_place(&s, &incoming.join("tiny-refiner"), "tiny-refiner").await;
+    let sd1 = tiny_model(&s, Family::Sd1, "tiny-sd1").await;
+    let plain = json!({"prompt": "a (red)1.2 fox", "negative_prompt": "blurry", "model": base,
+        "width": 64, "height": 64, "steps": 5, "scheduler": "euler", "seed": 42, "wait": true,
+        "timeout_s": 120});
+    let mut refined = plain.clone();
+    refined["refiner_model"] = json!("tiny-refiner"); // a unique name works like the key
+    refined["refiner_steps"] = json!(5);
+    refined["refiner_start"] = json!(0.6);
+
+    // The graph: the base stops at refiner_start, the refiner goes on from there.
+    let mut dry = refined.clone();
+    dry["dry_run"] = json!(true);
+    let r = s.post("/api/v1/generate", None, &dry).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let batch = r.body["batch"].clone();
+    let nodes = batch["graph"]["nodes"].as_object().unwrap();
+    let of_type = |t: &str| -> Vec<&Value> { nodes.values().filter(|n| n["type"] == t).collect() };
+    let denoisers = of_type("denoise_latents");
+    assert_eq!(denoisers.len(), 2);
+    let (first, second) = if denoisers[0]["id"].as_str().unwrap().starts_with("refiner_") {
+        (denoisers[1], denoisers[0])
+    } else {
+        (denoisers[0], denoisers[1])
+    };
+    assert_eq!(
+        (
+            first["denoising_start"].clone(),
+            first["denoising_end"].clone()
+        ),
+        (json!(0.0), json!(0.6))
+    );
+    assert_eq!(
+        (
+            second["denoising_start"].clone(),
+            second["denoising_end"].clone()
+        ),
+        (json!(0.6), json!(1))
+    );
+    assert_eq!(second["scheduler"], "euler");
+    assert_eq!(second["cfg_scale"], 7.5);
+    assert_eq!(
+        of_type("sdxl_refiner_model_loader")[0]["model"]["key"],
+        json!(refiner)
+    );
+    let scores: Vec<f64> = of_type("sdxl_refiner_compel_prompt")
+        .iter()
+        .map(|n| n["aesthetic_score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.contains(&6.0) && scores.contains(&2.5), "{scores:?}");
+
+    // A real run: completed, refiner metadata, and other pixels than the base alone.
+    let r = s.post("/api/v1/generate", None, &refined).await;
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    let name = r.body["images"][0]["image_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let meta = s
+        .get(&format!("/api/v1/images/i/{name}/metadata"), None)
+        .await;
+    assert_eq!(meta.body["refiner_model"]["key"], json!(refiner));
+    assert_eq!(meta.body["refiner_start"], 0.6);
+    assert_eq!(meta.body["refiner_steps"], 5);
+    assert_eq!(meta.body["refiner_scheduler"], "euler");
+    assert_eq!(meta.body["refiner_positive_aesthetic_score"], 6.0);
+    let with_refiner = image_pixels(&s, None, &name).await;
+    let r = s.post("/api/v1/generate", None, &plain).await;
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    let without = image_pixels(
+        &s,
+        None,
+        r.body["images"][0]["image_name"].as_str().unwrap(),
+    )
+    .await;
+    assert_ne!(with_refiner.as_raw(), without.as_raw());
+    // The dry run's batch, enqueued as it is, makes the same image.
+    let item = run_batch(&s, &batch).await;
+    assert_eq!(item["status"], "completed", "{item}");
+    let again = image_pixels(&s, None, &item_image(&item)).await;
+    assert_eq!(again.as_raw(), with_refiner.as_raw());
+
+    // Refusals name the field.
+    let refused = |body: Value, field: &'static str, text: &'static str| {
+        let s = &s;
+        async move {
+            let r = s.post("/api/v1/generate", None, &body).await;
+            assert_eq!(r.status, 422, "{}", r.text);
+            assert_eq!(
+                r.body["detail"][0]["loc"],
+                json!(["body", field]),
+                "{}",
+                r.text
+            );
+            let msg = r.body["detail"][0]["msg"].as_str().unwrap().to_owned();
+            assert!(msg.contains(text), "{msg}");
+        }
+    };
+    let mut body = plain.clone();
+    body["refiner_steps"] = json!(10);
+    refused(body, "refiner_steps", "refiner_steps needs refiner_model").await;
+    let mut body = refined.clone();
+    body["model"] = json!(sd1);
+    refused(body, "refiner_model", "a refiner needs an sdxl main model").await;
+    let mut body = refined.clone();
+    body["refiner_model"] = json!(base);
+    refused(body, "refiner_model", "is not an SDXL refiner").await;
+    let mut body = refined.clone();
+    body["refiner_scheduler"] = json!("no_such_scheduler");
+    refused(body, "refiner_scheduler", "is not supported by this server").await;
+    let mut body = refined.clone();
+    body["refiner_start"] = json!(1.5);
+    refused(body, "refiner_start", "less than or equal to 1").await;
+    let mut body = refined.clone();
+    body["refiner_model"] = json!("missing");
+    let r = s.post("/api/v1/generate", None, &body).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+}

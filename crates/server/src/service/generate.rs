@@ -59,8 +59,43 @@ fn fields() -> Vec<Input> {
             .ge(json!(1))
             .le(json!(3600)),
         Input::new("dry_run", Ty::Bool).default(json!(false)),
+        // The SDXL refiner (an Atelier extension; defaults are the web UI's).
+        Input::new("refiner_model", Ty::Str).optional(),
+        Input::new("refiner_steps", Ty::Int)
+            .optional()
+            .ge(json!(1))
+            .le(json!(200)),
+        Input::new("refiner_cfg_scale", Ty::Float)
+            .optional()
+            .ge(json!(1)),
+        Input::new("refiner_scheduler", Ty::Str).optional(),
+        Input::new("refiner_positive_aesthetic_score", Ty::Float)
+            .optional()
+            .ge(json!(1))
+            .le(json!(10)),
+        Input::new("refiner_negative_aesthetic_score", Ty::Float)
+            .optional()
+            .ge(json!(1))
+            .le(json!(10)),
+        Input::new("refiner_start", Ty::Float)
+            .optional()
+            .ge(json!(0))
+            .le(json!(1)),
     ]
 }
+
+/// The refiner settings besides `refiner_model`, with the web UI's defaults.
+const REFINER_SETTINGS: [(&str, f64); 6] = [
+    ("refiner_steps", 20.0),
+    ("refiner_cfg_scale", 7.5),
+    ("refiner_scheduler", f64::NAN),
+    ("refiner_positive_aesthetic_score", 6.0),
+    ("refiner_negative_aesthetic_score", 2.5),
+    ("refiner_start", 0.8),
+];
+
+/// The web UI's default refiner scheduler.
+const REFINER_SCHEDULER: &str = "euler";
 
 fn issue(field: &str, kind: &'static str, msg: String, input: Value) -> ValidationIssue {
     ValidationIssue {
@@ -307,6 +342,18 @@ struct Plan {
     cfg_scale: f64,
     scheduler: String,
     fp32: bool,
+    refiner: Option<Refiner>,
+}
+
+/// The SDXL refiner pass: the base denoises up to `start`, the refiner from there to the end.
+struct Refiner {
+    model: Value,
+    steps: i64,
+    cfg_scale: f64,
+    scheduler: String,
+    positive_aesthetic_score: f64,
+    negative_aesthetic_score: f64,
+    start: f64,
 }
 
 /// The graph of §9.1/9.2 (+9.3 with an init image, +9.4 with LoRAs, + a VAE loader), and the
@@ -352,17 +399,26 @@ fn build_graph(req: &Request, plan: &Plan) -> (Value, [String; 4]) {
         json!({"type": "noise", "use_cpu": true, "width": noise_w, "height": noise_h}),
     );
     let strength = req.float("strength").unwrap_or(0.75);
-    let denoising_start = if plan.init.is_some() {
+    let mut denoising_start = if plan.init.is_some() {
         1.0 - strength
     } else {
         0.0
+    };
+    // With a refiner, the base stops where the refiner starts (the UI's image-to-image rule,
+    // also for text to image: diffusers' "ensemble of expert denoisers").
+    let denoising_end = match &plan.refiner {
+        Some(refiner) => {
+            denoising_start = denoising_start.min(refiner.start);
+            json!(refiner.start)
+        }
+        None => json!(1),
     };
     let denoise = b.add(
         "denoise_latents",
         json!({"type": "denoise_latents", "cfg_scale": plan.cfg_scale,
             "cfg_rescale_multiplier": req.float("cfg_rescale_multiplier").unwrap_or(0.0),
             "scheduler": plan.scheduler, "steps": plan.steps, "denoising_start": denoising_start,
-            "denoising_end": 1, "hidiffusion": false, "hidiffusion_raunet": true,
+            "denoising_end": denoising_end, "hidiffusion": false, "hidiffusion_raunet": true,
             "hidiffusion_window_attn": true}),
     );
     let mut output_node = json!({"type": "l2i", "fp32": plan.fp32,
@@ -399,6 +455,15 @@ fn build_graph(req: &Request, plan: &Plan) -> (Value, [String; 4]) {
     if let Some((name, _, _)) = &plan.init {
         metadata["strength"] = json!(strength);
         metadata["init_image"] = json!(name);
+    }
+    if let Some(r) = &plan.refiner {
+        metadata["refiner_model"] = identifier(&r.model);
+        metadata["refiner_positive_aesthetic_score"] = json!(r.positive_aesthetic_score);
+        metadata["refiner_negative_aesthetic_score"] = json!(r.negative_aesthetic_score);
+        metadata["refiner_cfg_scale"] = json!(r.cfg_scale);
+        metadata["refiner_scheduler"] = json!(r.scheduler);
+        metadata["refiner_start"] = json!(r.start);
+        metadata["refiner_steps"] = json!(r.steps);
     }
     let meta = b.add("core_metadata", metadata);
 
@@ -461,7 +526,45 @@ fn build_graph(req: &Request, plan: &Plan) -> (Value, [String; 4]) {
     );
     b.edge(&seed, "value", &noise, "seed");
     b.edge(&noise, "noise", &denoise, "noise");
-    b.edge(&denoise, "latents", &output, "latents");
+    match &plan.refiner {
+        None => b.edge(&denoise, "latents", &output, "latents"),
+        Some(r) => {
+            // As the UI's addSDXLRefiner: the refiner's own loader, prompts (CLIP 2 on the
+            // prompts as styles, with the aesthetic scores) and denoiser, fed the base's latents
+            // (no new noise), decoded by the base's VAE.
+            let loader = b.add(
+                "refiner_model_loader",
+                json!({"type": "sdxl_refiner_model_loader", "model": identifier(&r.model)}),
+            );
+            let pos = b.add(
+                "refiner_pos_cond",
+                json!({"type": "sdxl_refiner_compel_prompt",
+                    "aesthetic_score": r.positive_aesthetic_score}),
+            );
+            let neg = b.add(
+                "refiner_neg_cond",
+                json!({"type": "sdxl_refiner_compel_prompt",
+                    "aesthetic_score": r.negative_aesthetic_score}),
+            );
+            let refine = b.add(
+                "refiner_denoise_latents",
+                json!({"type": "denoise_latents", "cfg_scale": r.cfg_scale, "steps": r.steps,
+                    "scheduler": r.scheduler, "hidiffusion": false, "hidiffusion_raunet": true,
+                    "hidiffusion_window_attn": true, "denoising_start": r.start,
+                    "denoising_end": 1}),
+            );
+            b.edge(&loader, "unet", &refine, "unet");
+            for cond in [&pos, &neg] {
+                b.edge(&loader, "clip2", cond, "clip2");
+            }
+            b.edge(&positive, "value", &pos, "style");
+            b.edge(&negative, "value", &neg, "style");
+            b.edge(&pos, "conditioning", &refine, "positive_conditioning");
+            b.edge(&neg, "conditioning", &refine, "negative_conditioning");
+            b.edge(&denoise, "latents", &refine, "latents");
+            b.edge(&refine, "latents", &output, "latents");
+        }
+    }
     let vae_from = match &plan.vae {
         Some(vae) => b.add(
             "vae",
@@ -601,7 +704,9 @@ async fn plan(
             json!(scheduler),
         ));
     }
+    let refiner = refiner(state, req, &base).await?;
     let plan = Plan {
+        refiner,
         vae,
         loras,
         init,
@@ -647,6 +752,66 @@ async fn plan(
         ],
     });
     Ok((batch, seeds, [seed_id, output_id]))
+}
+
+/// The refiner pass the request asks for: `refiner_model` must be an installed SDXL refiner and
+/// the main model SDXL; the other `refiner_*` fields need it.
+async fn refiner(state: &AppState, req: &Request, base: &str) -> Result<Option<Refiner>, ApiError> {
+    let Some(wanted) = req.str("refiner_model") else {
+        return match REFINER_SETTINGS.iter().find(|(k, _)| !req.get(k).is_null()) {
+            Some((field, _)) => Err(invalid(
+                field,
+                format!("{field} needs refiner_model"),
+                req.get(field).clone(),
+            )),
+            None => Ok(None),
+        };
+    };
+    if base != "sdxl" {
+        return Err(invalid(
+            "refiner_model",
+            format!("a refiner needs an sdxl main model (this one is {base})"),
+            json!(wanted),
+        ));
+    }
+    let model = find_model(state, "main", wanted)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("Model {wanted} not found")))?;
+    if model["type"] != "main" || model["base"] != "sdxl-refiner" {
+        return Err(invalid(
+            "refiner_model",
+            format!("model {wanted} is not an SDXL refiner"),
+            json!(wanted),
+        ));
+    }
+    let number = |field: &str| {
+        REFINER_SETTINGS
+            .iter()
+            .find(|(k, _)| *k == field)
+            .map_or(f64::NAN, |(_, default)| {
+                req.float(field).unwrap_or(*default)
+            })
+    };
+    let scheduler = req
+        .str("refiner_scheduler")
+        .unwrap_or(REFINER_SCHEDULER)
+        .to_owned();
+    if !atelier_engine::schedulers::is_implemented(&scheduler) {
+        return Err(invalid(
+            "refiner_scheduler",
+            format!("scheduler '{scheduler}' is not supported by this server"),
+            json!(scheduler),
+        ));
+    }
+    Ok(Some(Refiner {
+        model,
+        steps: req.int("refiner_steps").unwrap_or(20),
+        cfg_scale: number("refiner_cfg_scale"),
+        scheduler,
+        positive_aesthetic_score: number("refiner_positive_aesthetic_score"),
+        negative_aesthetic_score: number("refiner_negative_aesthetic_score"),
+        start: number("refiner_start"),
+    }))
 }
 
 /// What the endpoint answers: a status code, and either JSON or PNG bytes.
