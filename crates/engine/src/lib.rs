@@ -3,6 +3,7 @@
 //! - [`noise`]: PyTorch-exact CPU random numbers, so that a seed gives InvokeAI's initial latents bit for bit
 //!   (spec `generation.md` §10.1).
 //! - [`schedulers`]: diffusers-compatible noise schedulers with InvokeAI's per-name overrides (§10.3, §10.6).
+//! - [`brownian`]: numpy's `SeedSequence` and torchsde's Brownian interval, the seeded noise of `dpmpp_sde*`.
 //! - [`tokenizer`] and [`clip`]: our CLIP BPE tokenizer and text transformer (§10.2).
 //! - [`prompt`]: compel's prompt syntax (`word+`, `(phrase)1.3`, `.blend()`, `.and()`) and weighting (§10.2).
 //! - [`pipeline`]: SD 1.x/2.x/XL on candle — [`pipeline::Sd`] loads a diffusers folder and runs prompt encoding,
@@ -19,6 +20,7 @@
 //! The crate never downloads anything and never prints; it reads model files when asked to load them. Errors
 //! are [`EngineError`]. CPU f32 is the default; the `cuda` feature forwards to candle's CUDA back end.
 
+pub mod brownian;
 pub mod clip;
 pub mod config;
 pub mod convert;

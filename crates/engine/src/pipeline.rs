@@ -14,7 +14,6 @@ use crate::clip::ClipTextTransformer;
 use crate::config::{scheduler_config, unet_extras, unet_spec, vae_spec, UNetSpec, VaeSpec};
 use crate::ldm::{AttentionHeads, CheckpointFamily};
 use crate::lora::{apply_loras, Lora, LoraSelection, LoraTarget};
-use crate::noise::{stochastic_seed, TorchGenerator};
 use crate::schedulers::{by_name, slice_timesteps, PredictionType, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet2DConditionModel;
@@ -961,11 +960,7 @@ impl Sd {
         if let Some(n) = &noise {
             x = scheduler.add_noise(&x, &latents_to_vec(n)?, timesteps[init_index])?;
         }
-        if scheduler.is_stochastic() {
-            scheduler.set_noise_generator(TorchGenerator::new(u64::from(stochastic_seed(
-                request.seed,
-            ))));
-        }
+        scheduler.seed_noise(request.seed);
         let negative = request.negative.to_dtype(DType::F32)?;
         let positive = request.positive.to_dtype(DType::F32)?;
         let run = &timesteps[slice.start..slice.end];

@@ -6,6 +6,12 @@
 //!   the torch version they came from);
 //! - schedulers: for every recorded tensor, max|ours − torch| / max|torch| ≤ 1e-4 (RELATIVE_TOLERANCE); sigmas
 //!   within 1e-5 relative; timesteps within 1e-3 absolute (fractional Karras timesteps are float32).
+//! - `dpmpp_sde*` (runs in `schedulers_sde.json`): the Brownian-tree noise sampler alone, given PyTorch's query
+//!   times, within 1e-4 like the rest (it agrees to float32 rounding). Full runs within 1e-3 (SDE_TOLERANCE):
+//!   the tree rounds its query times to 6 decimals, and those times come from float32 sqrt/ln/exp of the sigmas,
+//!   which x86 PyTorch evaluates with MKL, off by one bit from the correctly rounded value for a few percent of
+//!   arguments (we round correctly). Where that moves a time into the neighbouring 1e-6 cell, that step's noise
+//!   differs by about 1e-3 (in the long runs: up to 8.2e-4); the other runs agree to 3e-7.
 
 // Test helpers fail loudly on broken fixtures.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -15,12 +21,14 @@ mod common;
 use common::relative_error;
 use std::collections::BTreeMap;
 
-use atelier_engine::noise::{randn, stochastic_seed, TorchGenerator};
+use atelier_engine::brownian::BrownianTreeNoiseSampler;
+use atelier_engine::noise::{randn, TorchGenerator};
 use atelier_engine::schedulers::{by_name, slice_timesteps, SchedulerConfig};
 use serde::Deserialize;
 
 const NOISE_TOLERANCE: f32 = 0.0;
 const RELATIVE_TOLERANCE: f64 = 1e-4;
+const SDE_TOLERANCE: f64 = 1e-3;
 
 #[derive(Deserialize)]
 struct NoiseFixtures {
@@ -45,6 +53,22 @@ struct NoiseStream {
 #[derive(Deserialize)]
 struct SchedulerFixtures {
     runs: Vec<Run>,
+}
+
+#[derive(Deserialize)]
+struct SdeFixtures {
+    runs: Vec<Run>,
+    brownian: Vec<BrownianCase>,
+}
+
+#[derive(Deserialize)]
+struct BrownianCase {
+    seed: u64,
+    sigma_min: f32,
+    sigma_max: f32,
+    shape: Vec<usize>,
+    queries: Vec<(f32, f32)>,
+    values: Vec<Vec<f32>>,
 }
 
 #[derive(Deserialize)]
@@ -213,10 +237,13 @@ fn replay(run: &Run) -> Worst {
     let err = worst.record(&x, noised);
     assert!(err <= RELATIVE_TOLERANCE, "{label}: add_noise error {err}");
 
-    if s.is_stochastic() {
-        let seed = u32::try_from(run.seed).unwrap();
-        s.set_noise_generator(TorchGenerator::new(u64::from(stochastic_seed(seed))));
-    }
+    // As the denoise loop does: `seed ^ 0xFFFFFFFF` generators, or the seed itself for the dpmpp_sde* tree.
+    s.seed_noise(u32::try_from(run.seed).unwrap());
+    let step_tolerance = if run.name.starts_with("dpmpp_sde") {
+        SDE_TOLERANCE
+    } else {
+        RELATIVE_TOLERANCE
+    };
     assert_eq!(
         run.latents.len(),
         slice.end - slice.start,
@@ -239,7 +266,7 @@ fn replay(run: &Run) -> Worst {
         x = s.step(&eps, t, &x).unwrap();
         let err = worst.record(&x, expected);
         assert!(
-            err <= RELATIVE_TOLERANCE,
+            err <= step_tolerance,
             "{label}: step {k} (t = {t}) relative error {err}\n ours  {:?}\n torch {:?}",
             &x[..4],
             &expected[..4]
@@ -251,8 +278,9 @@ fn replay(run: &Run) -> Worst {
 #[test]
 fn schedulers_match_diffusers() {
     let fixtures: SchedulerFixtures = load("schedulers.json");
+    let sde: SdeFixtures = load("schedulers_sde.json");
     let mut worst: BTreeMap<String, Worst> = BTreeMap::new();
-    for run in &fixtures.runs {
+    for run in fixtures.runs.iter().chain(&sde.runs) {
         let err = replay(run);
         worst.entry(run.name.clone()).or_default().merge(err);
     }
@@ -267,6 +295,30 @@ fn schedulers_match_diffusers() {
             err.relative, err.absolute
         );
     }
+}
+
+#[test]
+fn brownian_noise_sampler_matches_diffusers() {
+    let sde: SdeFixtures = load("schedulers_sde.json");
+    let mut worst = 0.0f64;
+    for case in &sde.brownian {
+        let n = case.shape.iter().product();
+        let mut sampler =
+            BrownianTreeNoiseSampler::new(n, case.sigma_min, case.sigma_max, case.seed).unwrap();
+        for (&(sigma, sigma_next), expected) in case.queries.iter().zip(&case.values) {
+            let ours = sampler.sample(sigma, sigma_next).unwrap();
+            let err = relative_error(&ours, expected);
+            assert!(
+                err <= RELATIVE_TOLERANCE,
+                "seed {} [{sigma}, {sigma_next}]: relative error {err}\n ours  {:?}\n torch {:?}",
+                case.seed,
+                &ours[..4.min(n)],
+                &expected[..4.min(n)]
+            );
+            worst = worst.max(err);
+        }
+    }
+    eprintln!("brownian noise sampler: max relative error {worst:.2e}");
 }
 
 #[test]

@@ -80,6 +80,30 @@ fn progress_every_step_and_cancel_stops() {
 }
 
 #[test]
+fn dpmpp_sde_noise_follows_the_seed() {
+    // The Brownian tree is seeded with the request's seed itself: same seed, same latents; another seed (same
+    // initial noise) changes them.
+    let (_dir, sd) = tiny(Family::Sd1);
+    let no = AtomicBool::new(false);
+    let run = |scheduler: &str, seed: u32| {
+        let req = DenoiseRequest {
+            seed,
+            ..request(&sd, scheduler)
+        };
+        let out = sd
+            .denoise(&req, &mut atelier_engine::pipeline::NoProgress, &no)
+            .unwrap();
+        latents_to_vec(&out).unwrap()
+    };
+    for name in ["dpmpp_sde", "dpmpp_sde_k"] {
+        let a = run(name, 1);
+        assert_eq!(a, run(name, 1), "{name}");
+        assert_ne!(a, run(name, 2), "{name}");
+        assert!(a.iter().all(|v| v.is_finite()), "{name}");
+    }
+}
+
+#[test]
 fn invalid_requests_are_errors() {
     let (_dir, sd) = tiny(Family::Sd2V);
     let no = AtomicBool::new(false);
@@ -95,10 +119,10 @@ fn invalid_requests_are_errors() {
     ));
     assert!(matches!(
         bad(DenoiseRequest {
-            scheduler: "dpmpp_sde".into(),
+            scheduler: "no_such_scheduler".into(),
             ..base.clone()
         }),
-        Err(EngineError::UnsupportedScheduler(_))
+        Err(EngineError::UnknownScheduler(_))
     ));
     assert!(matches!(
         bad(DenoiseRequest {

@@ -1,6 +1,6 @@
 //! Parity of the candle pipeline with PyTorch/diffusers/transformers/compel on the tiny models
-//! (`tests/fixtures/pipeline.json`, written by `tools/reference/make_pipeline_fixtures.py` from the same models
-//! `write_tiny_sd` writes here; no Python needed).
+//! (`tests/fixtures/pipeline.json` and, for `dpmpp_sde*`, `pipeline_sde.json`, written by
+//! `tools/reference/make_pipeline_fixtures.py` from the same models `write_tiny_sd` writes here; no Python needed).
 //!
 //! Our UNet (`crate::unet`, forked from candle's) computes the GEGLU gate of its transformer blocks with the exact
 //! GELU, as diffusers does (candle's used the tanh approximation). The fixtures also hold diffusers with that gate
@@ -43,6 +43,13 @@ struct Fixtures {
     unet: Vec<UnetCase>,
     vae_decode: VaeDecode,
     vae_encode: VaeEncode,
+    runs: Vec<RunCase>,
+}
+
+/// `pipeline_sde.json`: the `dpmpp_sde*` runs.
+#[derive(Deserialize)]
+struct SdeFixtures {
+    seed: u64,
     runs: Vec<RunCase>,
 }
 
@@ -303,6 +310,27 @@ fn vae_matches_diffusers() {
 #[test]
 fn full_runs_match_invokeai_semantics() {
     for case in &fixtures().runs {
+        check_run(case);
+    }
+}
+
+#[test]
+fn sde_runs_match_invokeai_semantics() {
+    let path = format!(
+        "{}/tests/fixtures/pipeline_sde.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let f: SdeFixtures = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(f.seed, SEED, "fixtures made from another seed");
+    for case in &f.runs {
+        check_run(case);
+    }
+}
+
+/// Runs one recorded case through `Sd::denoise` and compares latents and pixels.
+fn check_run(case: &RunCase) {
+    {
         let sd = models().get(&case.model);
         let what = format!(
             "{} {} {} steps seed {} [{}, {}]",

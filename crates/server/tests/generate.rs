@@ -289,13 +289,13 @@ async fn bad_requests_are_refused_with_the_field_named() {
     let r = generate(
         &s,
         Some(&alice),
-        json!({"prompt": "p", "model": key, "scheduler": "dpmpp_sde"}),
+        json!({"prompt": "p", "model": key, "scheduler": "no_such_scheduler"}),
     )
     .await;
     assert_eq!(r.status, 422);
     assert_eq!(
         r.body["detail"][0]["msg"],
-        "Value error, scheduler 'dpmpp_sde' is not supported by this server"
+        "Value error, scheduler 'no_such_scheduler' is not supported by this server"
     );
     let r = generate(
         &s,

@@ -168,8 +168,20 @@ pub(crate) fn discrete_timesteps(
     steps: usize,
     config: &SchedulerConfig,
 ) -> Vec<f64> {
+    discrete_timesteps_f64(spacing, steps, config)
+        .into_iter()
+        .map(f32_round)
+        .collect()
+}
+
+/// The same timesteps kept in float64, for the schedulers that never store them as float32 (DPM-Solver SDE).
+pub(crate) fn discrete_timesteps_f64(
+    spacing: TimestepSpacing,
+    steps: usize,
+    config: &SchedulerConfig,
+) -> Vec<f64> {
     let train = config.num_train_timesteps;
-    let raw: Vec<f64> = match spacing {
+    match spacing {
         TimestepSpacing::Linspace => {
             let mut v = numpy_linspace(0.0, (train - 1) as f64, steps);
             v.reverse();
@@ -189,8 +201,7 @@ pub(crate) fn discrete_timesteps(
                 .map(|t| t.round_ties_even() - 1.0)
                 .collect()
         }
-    };
-    raw.into_iter().map(f32_round).collect()
+    }
 }
 
 /// Integer timesteps of DDIM-style schedulers (`steps` values).

@@ -10,15 +10,18 @@
 //!   are rounded to f32 at the same points, and the per-element arithmetic runs in f64, which keeps results within
 //!   float32 rounding noise of PyTorch's;
 //! - stochastic schedulers draw their per-step noise from a [`TorchGenerator`], continuing its stream like
-//!   `torch.randn(..., generator=g)`; the denoise loop seeds it with [`crate::noise::stochastic_seed`].
+//!   `torch.randn(..., generator=g)`; the denoise loop seeds it with [`crate::noise::stochastic_seed`] through
+//!   [`Scheduler::seed_noise`]. `dpmpp_sde*` instead seed their Brownian tree ([`crate::brownian`]) with the seed
+//!   itself, as InvokeAI passes it as `noise_sampler_seed`.
 //!
-//! [`by_name`] knows every name of §10.6 and refuses those not implemented yet with the API's exact message.
+//! [`by_name`] knows every name of §10.6 and builds each of them; names outside that list are refused.
 
 mod common;
 mod ddim;
 mod ddpm;
 mod deis;
 mod dpm_multistep;
+mod dpm_sde;
 mod dpm_singlestep;
 mod er_sde;
 mod euler;
@@ -29,7 +32,7 @@ mod lms;
 mod pndm;
 mod unipc;
 
-use crate::noise::TorchGenerator;
+use crate::noise::{stochastic_seed, TorchGenerator};
 use crate::EngineError;
 
 /// What the model predicts (diffusers `prediction_type`).
@@ -185,9 +188,17 @@ pub trait Scheduler: Send {
     fn is_stochastic(&self) -> bool {
         false
     }
-    /// Replaces the generator the per-step noise comes from (ignored by deterministic schedulers). Until this is
-    /// called, stochastic schedulers use `TorchGenerator::new(stochastic_seed(0))`.
+    /// Replaces the generator the per-step noise comes from (ignored by deterministic schedulers and by
+    /// `dpmpp_sde*`). Until this is called, stochastic schedulers use `TorchGenerator::new(stochastic_seed(0))`.
     fn set_noise_generator(&mut self, _generator: TorchGenerator) {}
+    /// Seeds the per-step noise from the generation seed as InvokeAI does (§10.1): a generator seeded with
+    /// `seed ^ 0xFFFFFFFF` for the schedulers that take one, the seed itself for the `dpmpp_sde*` Brownian tree
+    /// (which otherwise uses InvokeAI's default seed 0).
+    fn seed_noise(&mut self, seed: u32) {
+        if self.is_stochastic() {
+            self.set_noise_generator(TorchGenerator::new(u64::from(stochastic_seed(seed))));
+        }
+    }
 }
 
 /// Every scheduler name InvokeAI accepts, in its own order (§10.6).
@@ -225,8 +236,8 @@ pub const SCHEDULER_NAMES: [&str; 31] = [
     "tcd",
 ];
 
-/// The names [`by_name`] can build.
-pub const IMPLEMENTED_SCHEDULERS: [&str; 29] = [
+/// The names [`by_name`] can build (all of [`SCHEDULER_NAMES`]).
+pub const IMPLEMENTED_SCHEDULERS: [&str; 31] = [
     "euler",
     "euler_k",
     "euler_a",
@@ -256,6 +267,8 @@ pub const IMPLEMENTED_SCHEDULERS: [&str; 29] = [
     "lcm",
     "tcd",
     "er_sde",
+    "dpmpp_sde",
+    "dpmpp_sde_k",
 ];
 
 /// Whether [`by_name`] can build `name`.
@@ -308,6 +321,7 @@ pub fn by_name(name: &str, config: &SchedulerConfig) -> Result<Box<dyn Scheduler
         "tcd" => Box::new(lcm::Tcd::new(config, 1.0)?),
         // InvokeAI's ERSDEScheduler for SD models: third order, VP sigmas, stochastic.
         "er_sde" => Box::new(er_sde::ErSde::new(&with(false, 3), true)?),
+        "dpmpp_sde" | "dpmpp_sde_k" => Box::new(dpm_sde::DpmSolverSde::new(&with(karras, 2))?),
         _ => return Err(EngineError::UnsupportedScheduler(name.to_string())),
     };
     Ok(scheduler)
@@ -383,6 +397,10 @@ mod tests {
         for name in IMPLEMENTED_SCHEDULERS {
             assert!(SCHEDULER_NAMES.contains(&name), "{name}");
         }
+        // Every name InvokeAI accepts is implemented now.
+        for name in SCHEDULER_NAMES {
+            assert!(is_implemented(name), "{name}");
+        }
         assert!(matches!(
             by_name("nope", &config),
             Err(EngineError::UnknownScheduler(_))
@@ -401,7 +419,7 @@ mod tests {
         assert_ne!(s.timesteps(), plain.timesteps());
         assert!(by_name("euler_a", &config).unwrap().is_stochastic());
         assert!(!by_name("euler", &config).unwrap().is_stochastic());
-        for name in ["lcm", "tcd", "er_sde"] {
+        for name in ["lcm", "tcd", "er_sde", "dpmpp_sde", "dpmpp_sde_k"] {
             assert!(by_name(name, &config).unwrap().is_stochastic(), "{name}");
         }
         assert!(!by_name("dpmpp_2s_k", &config).unwrap().is_stochastic());

@@ -5,9 +5,12 @@ The Rust tests only read the JSON this writes; they never need Python. Re-run th
 recorded, or to check a newer torch/diffusers:
 
     python3 -m venv /work/venv-ref                      # outside the repository (torch is ~5.7 GB)
-    /work/venv-ref/bin/pip install torch diffusers scipy
+    /work/venv-ref/bin/pip install torch diffusers scipy torchsde
     git -C <InvokeAI clone> show HEAD:invokeai/backend/rectified_flow/er_sde_scheduler.py > /tmp/er_sde_scheduler.py
     INVOKEAI_ER_SDE=/tmp/er_sde_scheduler.py /work/venv-ref/bin/python crates/engine/tools/reference/make_fixtures.py
+
+With file names as arguments (`noise.json`, `schedulers.json`, `schedulers_sde.json`) it writes only those.
+`dpmpp_sde*` need torchsde as well (`pip install torchsde`).
 
 `er_sde` is InvokeAI's own scheduler class, not a diffusers one: the script imports it from the file that
 `INVOKEAI_ER_SDE` names (a copy of InvokeAI's `er_sde_scheduler.py`, kept outside the repository; it needs only
@@ -17,12 +20,15 @@ Fixtures written (compact JSON, float32 values with 9 significant digits):
 
 - `noise.json`: `torch.randn` golden values for several seeds and sizes (n < 16, n not a multiple of 16, an SD
   latent 1x4x8x8) and one generator drawing several tensors in a row.
-- `schedulers.json`: for each scheduler name, full runs of the diffusers scheduler built the way InvokeAI builds
+- `schedulers.json`: for each scheduler name but `dpmpp_sde*`, full runs of the diffusers scheduler built the way InvokeAI builds
   it (`get_scheduler`: the model's scheduler config + the per-name overrides + the model's prediction type) and
   driven the way InvokeAI drives it (`init_scheduler` slicing, `add_noise` on zero or given latents, the
   `seed ^ 0xFFFFFFFF` step generator), with a deterministic fake model eps(x, t) = 0.1*x + 0.001*t that the Rust
   test reproduces. Each run records the schedule, the noised start, the first scaled model input and the
   latents after every step.
+- `schedulers_sde.json`: the same kind of runs for `dpmpp_sde` and `dpmpp_sde_k` (DPMSolverSDEScheduler with
+  `noise_sampler_seed` = the seed, as InvokeAI's get_scheduler sets it), plus `brownian`: the values of diffusers'
+  BrownianTreeNoiseSampler alone for a few seeds, sigma ranges and (sigma, sigma_next) queries.
 """
 
 import importlib.util
@@ -35,6 +41,7 @@ import tempfile
 import diffusers
 import torch
 from diffusers import (
+    DPMSolverSDEScheduler,
     DDIMScheduler,
     DDPMScheduler,
     DEISMultistepScheduler,
@@ -162,7 +169,11 @@ SCHEDULER_MAP = {
     "lcm": (LCMScheduler, {}),
     "tcd": (TCDScheduler, {}),
     "er_sde": (ERSDEScheduler, {"solver_order": 3, "use_flow_sigmas": False, "stochastic": True}),
+    "dpmpp_sde": (DPMSolverSDEScheduler, {"use_karras_sigmas": False, "noise_sampler_seed": 0}),
+    "dpmpp_sde_k": (DPMSolverSDEScheduler, {"use_karras_sigmas": True, "noise_sampler_seed": 0}),
 }
+# Recorded in their own file (schedulers_sde.json), so that schedulers.json stays as it was made.
+SDE_NAMES = ["dpmpp_sde", "dpmpp_sde_k"]
 
 
 def f32(values):
@@ -185,7 +196,7 @@ def load_model_scheduler(key):
         return cls.from_pretrained(d, subfolder="scheduler")
 
 
-def invokeai_scheduler(name, key):
+def invokeai_scheduler(name, key, seed=0):
     """InvokeAI's get_scheduler (invokeai/app/invocations/denoise_latents.py), minus the model manager."""
     scheduler_class, extra = SCHEDULER_MAP[name]
     orig = load_model_scheduler(key)
@@ -194,6 +205,8 @@ def invokeai_scheduler(name, key):
         base = base["_backup"]
     config = {**base, **extra, "_backup": base}
     config["prediction_type"] = MODEL_CONFIGS[key][2]
+    if scheduler_class is DPMSolverSDEScheduler:
+        config["noise_sampler_seed"] = seed
     return scheduler_class.from_config(config)
 
 
@@ -216,7 +229,7 @@ def fake_model(x, t):
 
 
 def run(name, key, steps, seed, shape, denoising_start=0.0, denoising_end=1.0, init_seed=None):
-    scheduler = invokeai_scheduler(name, key)
+    scheduler = invokeai_scheduler(name, key, seed)
     timesteps, start, end = invokeai_slice(scheduler, steps, denoising_start, denoising_end)
     sigmas = getattr(scheduler, "sigmas", None)
     record = {
@@ -292,7 +305,7 @@ def noise_fixtures():
 def scheduler_fixtures():
     shape = (1, 4, 4, 4)
     runs = []
-    for name in SCHEDULER_MAP:
+    for name in [n for n in SCHEDULER_MAP if n not in SDE_NAMES]:
         runs.append(run(name, "sdxl", 4, 1234, shape))
         runs.append(run(name, "sdxl", 10, 5678, shape))
         runs.append(run(name, "sd15", 10, 42, shape))
@@ -316,6 +329,54 @@ def scheduler_fixtures():
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "runs": runs}
 
 
+def sde_fixtures():
+    import torchsde
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    shape = (1, 4, 4, 4)
+    runs = []
+    for name in SDE_NAMES:
+        runs.append(run(name, "sdxl", 4, 1234, shape))
+        runs.append(run(name, "sdxl", 10, 5678, shape))
+        runs.append(run(name, "sd15", 10, 42, shape))
+        runs.append(run(name, "sd2v", 10, 7, shape))
+        runs.append(run(name, "sdxl", 10, 99, shape, denoising_start=0.3, denoising_end=0.9, init_seed=5))
+        runs.append(run(name, "sd15", 4, 2**32 - 1, (1, 4, 3, 5)))
+        runs.append(run(name, "sdxl", 25, 11, (1, 4, 2, 2 * 4)))
+        runs.append(run(name, "sd15", 25, 13, (1, 4, 2, 2 * 4), denoising_start=0.45, init_seed=8))
+    brownian = []
+    for seed, lo, hi, shape, queries in [
+        (0, 0.0291675, 14.614642, (1, 4, 4, 4), [(14.614642, 7.0), (7.0, 3.5), (14.614642, 0.0291675), (1.25, 0.5)]),
+        (1234, 0.0291675, 14.614642, (1, 4, 3, 5), [(14.614642, 10.2), (10.2, 6.1), (6.1, 0.0291675)]),
+        (2**32 - 1, 0.1, 3.0, (1, 4, 8, 8), [(3.0, 2.999), (2.999, 2.9985), (0.3, 0.1), (2.5, 0.12345678)]),
+        (7, 0.03, 80.0, (2, 3), [(80.0, 0.03), (40.0, 1e-2)]),
+    ]:
+        lo, hi = float(torch.tensor(lo)), float(torch.tensor(hi))
+        x = torch.zeros(shape)
+        sampler = BrownianTreeNoiseSampler(x, lo, hi, seed)
+        values = []
+        for a, b in queries:
+            a, b = torch.tensor(a), torch.tensor(b)
+            values.append(f32(sampler(a, b)))
+        brownian.append(
+            {
+                "seed": seed,
+                "sigma_min": lo,
+                "sigma_max": hi,
+                "shape": list(shape),
+                "queries": [[float(torch.tensor(a)), float(torch.tensor(b))] for a, b in queries],
+                "values": values,
+            }
+        )
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "torchsde": torchsde.__version__,
+        "runs": runs,
+        "brownian": brownian,
+    }
+
+
 def write(name, data):
     path = os.path.join(OUT_DIR, name)
     with open(path, "w") as f:
@@ -327,5 +388,8 @@ def write(name, data):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     os.makedirs(OUT_DIR, exist_ok=True)
-    write("noise.json", noise_fixtures())
-    write("schedulers.json", scheduler_fixtures())
+    makers = {"noise.json": noise_fixtures, "schedulers.json": scheduler_fixtures, "schedulers_sde.json": sde_fixtures}
+    for target in sys.argv[1:] or list(makers):
+        if target not in makers:
+            sys.exit(f"unknown fixture {target}; choose from {', '.join(makers)}")
+        write(target, makers[target]())

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Produce `crates/engine/tests/fixtures/pipeline.json`: the candle pipeline's parity reference.
+"""Produce `crates/engine/tests/fixtures/pipeline.json` (and `pipeline_sde.json`): the candle pipeline's parity
+reference.
 
 The tiny models come from the Rust generator (the same bytes the Rust tests write), loaded here with diffusers,
 transformers and compel and driven with InvokeAI's semantics (spec generation.md §10.2-§10.5), not diffusers'
 pipelines (which multiply the start latents by init_noise_sigma):
 
-    /work/venv-ref/bin/pip install torch diffusers transformers compel scipy
+    /work/venv-ref/bin/pip install torch diffusers transformers compel scipy torchsde
     /work/venv-ref/bin/python crates/engine/tools/reference/make_pipeline_fixtures.py
 
 It runs `cargo run --release -p atelier-engine --example write_tiny -- <tmp>` itself (seed 1234), so run it from
-the repository. Recorded (float32 values with 9 significant digits; pixels as integers):
+the repository; with `ATELIER_TINY_DIR=<dir>` it uses models that example already wrote there. With file names as
+arguments (`pipeline.json`, `pipeline_sde.json`) it writes only those. Recorded (float32 values with 9 significant digits; pixels as integers):
 
 - `tokens`: compel's 77-token windows (truncate_long_prompts=False, SplitLongTextMode.SENTENCES, as InvokeAI's
   `compel` node builds it) and the plain CLIPTokenizer ids, for SD1 (`<|endoftext|>` padding) and SD2 (`!`).
@@ -19,6 +21,9 @@ the repository. Recorded (float32 values with 9 significant digits; pixels as in
   (the distribution mean times scaling_factor) of a synthetic image.
 - `runs`: full prompt-to-pixels runs (InvokeAI's denoise loop: add_noise on zeros, scale_model_input, one
   [negative, positive] UNet batch, CFG, optional rescale, step), final latents and pixels.
+
+`pipeline_sde.json` holds only `seed` and `runs`: text-to-image and image-to-image runs with `dpmpp_sde` and
+`dpmpp_sde_k` (DPMSolverSDEScheduler, `noise_sampler_seed` = the seed as InvokeAI sets it; needs torchsde).
 """
 
 import contextlib
@@ -36,14 +41,14 @@ import transformers
 from compel import Compel, SplitLongTextMode
 import diffusers.models.activations as activations
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverSDEScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import SCHEDULER_MAP, f32, invokeai_slice  # noqa: E402
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", ".."))
-OUT = os.path.join(REPO, "crates", "engine", "tests", "fixtures", "pipeline.json")
+FIXTURES = os.path.join(REPO, "crates", "engine", "tests", "fixtures")
 SEED = 1234
 
 PROMPTS = [
@@ -114,7 +119,7 @@ def token_windows(tok, te, prompt):
     return [ids[i : i + 77] for i in range(0, len(ids), 77)]
 
 
-def scheduler_for(model_dir, name, prediction_type):
+def scheduler_for(model_dir, name, prediction_type, seed=0):
     """InvokeAI's get_scheduler with the model's own scheduler folder."""
     scheduler_class, extra = SCHEDULER_MAP[name]
     with open(os.path.join(model_dir, "scheduler", "scheduler_config.json")) as f:
@@ -123,12 +128,14 @@ def scheduler_for(model_dir, name, prediction_type):
     base = orig.config
     config = {**base, **extra, "_backup": base}
     config["prediction_type"] = prediction_type
+    if scheduler_class is DPMSolverSDEScheduler:
+        config["noise_sampler_seed"] = seed
     return scheduler_class.from_config(config)
 
 
 def invokeai_denoise(model_dir, unet, name, prediction_type, pos, neg, noise, latents, steps, cfg, rescale,
                      denoising_start, denoising_end, seed):
-    scheduler = scheduler_for(model_dir, name, prediction_type)
+    scheduler = scheduler_for(model_dir, name, prediction_type, seed)
     timesteps, start, end = invokeai_slice(scheduler, steps, denoising_start, denoising_end)
     if latents is None:
         latents = torch.zeros_like(noise)
@@ -174,14 +181,63 @@ def synthetic_image(w, h):
     return img
 
 
-def main():
-    torch.set_num_threads(1)
+def tiny_models():
+    """The directory with the tiny models: ATELIER_TINY_DIR, or a fresh one the Rust example writes."""
+    given = os.environ.get("ATELIER_TINY_DIR")
+    if given:
+        return given
     tmp = tempfile.mkdtemp(prefix="atelier-tiny-")
     subprocess.run(
         ["cargo", "run", "-q", "--release", "-p", "atelier-engine", "--example", "write_tiny", "--", tmp, str(SEED)],
         cwd=REPO,
         check=True,
     )
+    return tmp
+
+
+def write(name, out):
+    path = os.path.join(FIXTURES, name)
+    with open(path, "w") as f:
+        json.dump(out, f, separators=(",", ":"))
+        f.write("\n")
+    print(f"wrote {os.path.relpath(path, REPO)} ({os.path.getsize(path)} bytes)", file=sys.stderr)
+
+
+def main():
+    torch.set_num_threads(1)
+    targets = sys.argv[1:] or ["pipeline.json", "pipeline_sde.json"]
+    for target in targets:
+        if target not in ("pipeline.json", "pipeline_sde.json"):
+            sys.exit(f"unknown fixture {target}; choose from pipeline.json, pipeline_sde.json")
+    tmp = tiny_models()
+    models = {name: (os.path.join(tmp, name), load(os.path.join(tmp, name))) for name in ["sd1", "sd2", "sd2v"]}
+    with torch.no_grad():
+        if "pipeline.json" in targets:
+            write("pipeline.json", pipeline_fixtures(models))
+        if "pipeline_sde.json" in targets:
+            import torchsde
+
+            out = {
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "torchsde": torchsde.__version__,
+                "seed": SEED,
+                "runs": record_runs(models, SDE_RUNS),
+            }
+            write("pipeline_sde.json", out)
+
+
+# (family, scheduler, prediction, steps, cfg, rescale, start, end, seed, prompt, negative, img2img)
+SDE_RUNS = [
+    ("sd1", "dpmpp_sde", "epsilon", 4, 7.5, 0.0, 0.0, 1.0, 42, PROMPTS[0], "", False),
+    ("sd1", "dpmpp_sde_k", "epsilon", 4, 7.5, 0.0, 0.0, 1.0, 42, PROMPTS[0], "", False),
+    ("sd1", "dpmpp_sde", "epsilon", 4, 7.5, 0.0, 0.5, 1.0, 3, PROMPTS[0], "", True),
+    ("sd1", "dpmpp_sde_k", "epsilon", 4, 7.5, 0.0, 0.5, 1.0, 3, PROMPTS[0], "", True),
+    ("sd2v", "dpmpp_sde_k", "v_prediction", 4, 7.5, 0.0, 0.0, 1.0, 7, PROMPTS[1], "a dog", False),
+]
+
+
+def pipeline_fixtures(models):
     out = {
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
@@ -191,108 +247,107 @@ def main():
         "clip": [],
         "runs": [],
     }
-    models = {name: (os.path.join(tmp, name), load(os.path.join(tmp, name))) for name in ["sd1", "sd2", "sd2v"]}
-
-    with torch.no_grad():
-        for family in ["sd1", "sd2"]:
-            _, (tok, te, _, _) = models[family]
-            for prompt in PROMPTS:
-                out["tokens"].append(
-                    {
-                        "model": family,
-                        "prompt": prompt,
-                        "ids": tok(prompt).input_ids,
-                        "windows": token_windows(tok, te, prompt),
-                    }
-                )
-        for family, prompt, skip in [
-            ("sd1", PROMPTS[0], 0),
-            ("sd1", PROMPTS[0], 1),
-            ("sd1", PROMPTS[3], 0),
-            ("sd1", "", 0),
-            ("sd2", PROMPTS[1], 0),
-        ]:
-            _, (tok, te, _, _) = models[family]
-            c = encode(tok, te, prompt, skip)
-            out["clip"].append(
-                {"model": family, "prompt": prompt, "skipped_layers": skip, "shape": list(c.shape), "values": f32(c)}
-            )
-
-        # One UNet forward per family on torch.randn inputs.
-        out["unet"] = []
-        for family, t in [("sd1", 500.0), ("sd2", 667.25)]:
-            _, (_, _, unet, _) = models[family]
-            x = randn((2, 4, 8, 8), 5)
-            ctx = randn((2, 77, 32), 6)
-            y = unet(x, torch.tensor(t), encoder_hidden_states=ctx).sample
-            with candle_geglu():
-                y_tanh = unet(x, torch.tensor(t), encoder_hidden_states=ctx).sample
-            out["unet"].append(
-                {"model": family, "x_seed": 5, "context_seed": 6, "timestep": t, "values": f32(y),
-                 "values_tanh_geglu": f32(y_tanh)}
-            )
-
-        # VAE decode of torch.randn latents, and encode of a synthetic image.
-        _, (_, _, _, vae) = models["sd1"]
-        lat = randn((1, 4, 8, 8), 7)
-        image, pixels = decode(vae, lat)
-        out["vae_decode"] = {"latents_seed": 7, "image": f32(image), "pixels": pixels.flatten().tolist()}
-        img = synthetic_image(64, 48)
-        x = img.permute(2, 0, 1).unsqueeze(0).float() / 255.0 * 2.0 - 1.0
-        mean = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
-        out["vae_encode"] = {"width": 64, "height": 48, "shape": list(mean.shape), "latents": f32(mean)}
-
-        runs = [
-            # (family, scheduler, prediction, steps, cfg, rescale, start, end, seed, prompt, negative, img2img)
-            ("sd1", "euler", "epsilon", 4, 7.5, 0.0, 0.0, 1.0, 42, PROMPTS[0], "", False),
-            ("sd1", "dpmpp_2m", "epsilon", 4, 7.5, 0.0, 0.0, 1.0, 42, PROMPTS[0], "", False),
-            ("sd1", "euler_a", "epsilon", 4, [7.5, 6.0, 5.0, 4.0], 0.0, 0.0, 1.0, 7, PROMPTS[1], "blue", False),
-            ("sd1", "ddim", "epsilon", 5, 7.5, 0.0, 0.4, 1.0, 3, PROMPTS[0], "", True),
-            ("sd2", "dpmpp_2m", "epsilon", 4, 5.0, 0.0, 0.0, 1.0, 11, PROMPTS[1], "", False),
-            ("sd2v", "euler", "v_prediction", 4, 7.5, 0.7, 0.0, 1.0, 42, PROMPTS[0], "a dog", False),
-            ("sd2v", "dpmpp_2m", "v_prediction", 4, 7.5, 0.0, 0.0, 1.0, 42, PROMPTS[3], "", False),
-        ]
-        for family, name, pred, steps, cfg, rescale, start, end, seed, prompt, negative, img2img in runs:
-            model_dir, (tok, te, unet, vae) = models[family]
-            pos = encode(tok, te, prompt)
-            neg = encode(tok, te, negative)
-            noise = randn((1, 4, 8, 8), seed)
-            latents = None
-            if img2img:
-                img = synthetic_image(64, 64)
-                x = img.permute(2, 0, 1).unsqueeze(0).float() / 255.0 * 2.0 - 1.0
-                latents = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
-            x = invokeai_denoise_any(model_dir, unet, name, pred, pos, neg, noise, latents, steps, cfg, rescale,
-                                     start, end, seed)
-            _, pixels = decode(vae, x)
-            with candle_geglu():
-                x_tanh = invokeai_denoise_any(model_dir, unet, name, pred, pos, neg, noise, latents, steps, cfg,
-                                              rescale, start, end, seed)
-            _, pixels_tanh = decode(vae, x_tanh)
-            out["runs"].append(
+    for family in ["sd1", "sd2"]:
+        _, (tok, te, _, _) = models[family]
+        for prompt in PROMPTS:
+            out["tokens"].append(
                 {
                     "model": family,
-                    "scheduler": name,
-                    "steps": steps,
-                    "cfg_scale": cfg,
-                    "cfg_rescale_multiplier": rescale,
-                    "denoising_start": start,
-                    "denoising_end": end,
-                    "seed": seed,
                     "prompt": prompt,
-                    "negative": negative,
-                    "img2img": img2img,
-                    "latents": f32(x),
-                    "pixels": pixels.flatten().tolist(),
-                    "latents_tanh_geglu": f32(x_tanh),
-                    "pixels_tanh_geglu": pixels_tanh.flatten().tolist(),
+                    "ids": tok(prompt).input_ids,
+                    "windows": token_windows(tok, te, prompt),
                 }
             )
+    for family, prompt, skip in [
+        ("sd1", PROMPTS[0], 0),
+        ("sd1", PROMPTS[0], 1),
+        ("sd1", PROMPTS[3], 0),
+        ("sd1", "", 0),
+        ("sd2", PROMPTS[1], 0),
+    ]:
+        _, (tok, te, _, _) = models[family]
+        c = encode(tok, te, prompt, skip)
+        out["clip"].append(
+            {"model": family, "prompt": prompt, "skipped_layers": skip, "shape": list(c.shape), "values": f32(c)}
+        )
 
-    with open(OUT, "w") as f:
-        json.dump(out, f, separators=(",", ":"))
-        f.write("\n")
-    print(f"wrote {os.path.relpath(OUT, REPO)} ({os.path.getsize(OUT)} bytes)", file=sys.stderr)
+    # One UNet forward per family on torch.randn inputs.
+    out["unet"] = []
+    for family, t in [("sd1", 500.0), ("sd2", 667.25)]:
+        _, (_, _, unet, _) = models[family]
+        x = randn((2, 4, 8, 8), 5)
+        ctx = randn((2, 77, 32), 6)
+        y = unet(x, torch.tensor(t), encoder_hidden_states=ctx).sample
+        with candle_geglu():
+            y_tanh = unet(x, torch.tensor(t), encoder_hidden_states=ctx).sample
+        out["unet"].append(
+            {"model": family, "x_seed": 5, "context_seed": 6, "timestep": t, "values": f32(y),
+             "values_tanh_geglu": f32(y_tanh)}
+        )
+
+    # VAE decode of torch.randn latents, and encode of a synthetic image.
+    _, (_, _, _, vae) = models["sd1"]
+    lat = randn((1, 4, 8, 8), 7)
+    image, pixels = decode(vae, lat)
+    out["vae_decode"] = {"latents_seed": 7, "image": f32(image), "pixels": pixels.flatten().tolist()}
+    img = synthetic_image(64, 48)
+    x = img.permute(2, 0, 1).unsqueeze(0).float() / 255.0 * 2.0 - 1.0
+    mean = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    out["vae_encode"] = {"width": 64, "height": 48, "shape": list(mean.shape), "latents": f32(mean)}
+
+    runs = [
+        # (family, scheduler, prediction, steps, cfg, rescale, start, end, seed, prompt, negative, img2img)
+        ("sd1", "euler", "epsilon", 4, 7.5, 0.0, 0.0, 1.0, 42, PROMPTS[0], "", False),
+        ("sd1", "dpmpp_2m", "epsilon", 4, 7.5, 0.0, 0.0, 1.0, 42, PROMPTS[0], "", False),
+        ("sd1", "euler_a", "epsilon", 4, [7.5, 6.0, 5.0, 4.0], 0.0, 0.0, 1.0, 7, PROMPTS[1], "blue", False),
+        ("sd1", "ddim", "epsilon", 5, 7.5, 0.0, 0.4, 1.0, 3, PROMPTS[0], "", True),
+        ("sd2", "dpmpp_2m", "epsilon", 4, 5.0, 0.0, 0.0, 1.0, 11, PROMPTS[1], "", False),
+        ("sd2v", "euler", "v_prediction", 4, 7.5, 0.7, 0.0, 1.0, 42, PROMPTS[0], "a dog", False),
+        ("sd2v", "dpmpp_2m", "v_prediction", 4, 7.5, 0.0, 0.0, 1.0, 42, PROMPTS[3], "", False),
+    ]
+    out["runs"] = record_runs(models, runs)
+    return out
+
+
+def record_runs(models, runs):
+    out = []
+    for family, name, pred, steps, cfg, rescale, start, end, seed, prompt, negative, img2img in runs:
+        model_dir, (tok, te, unet, vae) = models[family]
+        pos = encode(tok, te, prompt)
+        neg = encode(tok, te, negative)
+        noise = randn((1, 4, 8, 8), seed)
+        latents = None
+        if img2img:
+            img = synthetic_image(64, 64)
+            x = img.permute(2, 0, 1).unsqueeze(0).float() / 255.0 * 2.0 - 1.0
+            latents = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        x = invokeai_denoise_any(model_dir, unet, name, pred, pos, neg, noise, latents, steps, cfg, rescale,
+                                 start, end, seed)
+        _, pixels = decode(vae, x)
+        with candle_geglu():
+            x_tanh = invokeai_denoise_any(model_dir, unet, name, pred, pos, neg, noise, latents, steps, cfg,
+                                          rescale, start, end, seed)
+        _, pixels_tanh = decode(vae, x_tanh)
+        out.append(
+            {
+                "model": family,
+                "scheduler": name,
+                "steps": steps,
+                "cfg_scale": cfg,
+                "cfg_rescale_multiplier": rescale,
+                "denoising_start": start,
+                "denoising_end": end,
+                "seed": seed,
+                "prompt": prompt,
+                "negative": negative,
+                "img2img": img2img,
+                "latents": f32(x),
+                "pixels": pixels.flatten().tolist(),
+                "latents_tanh_geglu": f32(x_tanh),
+                "pixels_tanh_geglu": pixels_tanh.flatten().tolist(),
+            }
+        )
+    return out
 
 
 def invokeai_denoise_any(model_dir, unet, name, pred, pos, neg, noise, latents, steps, cfg, rescale, start, end,
