@@ -244,6 +244,11 @@ impl ClipTextTransformer {
         &self.device
     }
 
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.token_embedding.embeddings().dtype()
+    }
+
     /// Encodes windows of token ids (each of the model's window length) as one batch.
     pub fn forward(
         &self,
@@ -262,6 +267,20 @@ impl ClipTextTransformer {
         key_masks: Option<&[Vec<bool>]>,
         skipped_layers: usize,
     ) -> Result<ClipOutput, EngineError> {
+        self.forward_extended(windows, key_masks, skipped_layers, None)
+    }
+
+    /// [`Self::forward_masked`] with extra token-embedding rows (textual inversion,
+    /// [`crate::textual_inversion::TiVocabulary::rows`]): `(first, rows)` gives ids `first..first + rows` the
+    /// rows' vectors, as if the embedding table had been grown to hold them (InvokeAI's
+    /// `resize_token_embeddings`). Ids between the vocabulary and `first` are refused.
+    pub fn forward_extended(
+        &self,
+        windows: &[Vec<u32>],
+        key_masks: Option<&[Vec<bool>]>,
+        skipped_layers: usize,
+        extra: Option<(u32, &Tensor)>,
+    ) -> Result<ClipOutput, EngineError> {
         let n_layers = self.layers.len();
         if skipped_layers >= n_layers {
             return Err(EngineError::InvalidArgument(format!(
@@ -278,19 +297,50 @@ impl ClipTextTransformer {
                 self.config.max_position_embeddings
             )));
         }
-        if let Some(&bad) = windows
-            .iter()
-            .flatten()
-            .find(|&&id| id as usize >= self.config.vocab_size)
-        {
+        let vocab = self.config.vocab_size;
+        let (first, extra_rows) = match extra {
+            Some((first, rows)) => (first as usize, rows.dim(0)?),
+            None => (vocab, 0),
+        };
+        let valid = |id: u32| {
+            let id = id as usize;
+            id < vocab || (first..first + extra_rows).contains(&id)
+        };
+        if let Some(&bad) = windows.iter().flatten().find(|&&id| !valid(id)) {
             return Err(EngineError::InvalidArgument(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.config.vocab_size
+                "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
         let flat: Vec<u32> = windows.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (windows.len(), len), &self.device)?;
-        let x = self.token_embedding.forward(&ids)?;
+        let x = match extra {
+            Some((first, rows)) if flat.iter().any(|&id| id >= first) => {
+                // Regular ids through the table (added ones as id 0), added ids through `rows`, then each
+                // position takes the one it names.
+                let shape = (windows.len(), len);
+                let is_extra: Vec<u8> = flat.iter().map(|&id| u8::from(id >= first)).collect();
+                let base: Vec<u32> = flat
+                    .iter()
+                    .map(|&id| if id >= first { 0 } else { id })
+                    .collect();
+                let added: Vec<u32> = flat.iter().map(|&id| id.saturating_sub(first)).collect();
+                let base =
+                    self.token_embedding
+                        .forward(&Tensor::from_vec(base, shape, &self.device)?)?;
+                let added = rows
+                    .to_dtype(base.dtype())?
+                    .index_select(&Tensor::from_vec(added, flat.len(), &self.device)?, 0)?
+                    .reshape(base.shape())?;
+                let mask = Tensor::from_vec(is_extra, (shape.0, shape.1, 1), &self.device)?
+                    .broadcast_as(base.shape())?
+                    .contiguous()?;
+                mask.where_cond(&added, &base)?
+            }
+            _ => self.token_embedding.forward(&Tensor::from_vec(
+                flat,
+                (windows.len(), len),
+                &self.device,
+            )?)?,
+        };
         let positions = self.position_embedding.i(..len)?;
         let mut x = x.broadcast_add(&positions)?;
         let mask = match key_masks {

@@ -6,6 +6,7 @@
 //! - [`brownian`]: numpy's `SeedSequence` and torchsde's Brownian interval, the seeded noise of `dpmpp_sde*`.
 //! - [`tokenizer`] and [`clip`]: our CLIP BPE tokenizer and text transformer (§10.2).
 //! - [`prompt`]: compel's prompt syntax (`word+`, `(phrase)1.3`, `.blend()`, `.and()`) and weighting (§10.2).
+//! - [`textual_inversion`]: textual-inversion embeddings (`<name>` in a prompt), read and applied as InvokeAI does.
 //! - [`pipeline`]: SD 1.x/2.x/XL on candle — [`pipeline::Sd`] loads a diffusers folder and runs prompt encoding,
 //!   the denoising loop, VAE decode and encode with InvokeAI's semantics (§10.3–§10.5); [`pipeline::Vae`] is
 //!   the VAE on its own (a model's `vae/` folder, a separate VAE folder or an LDM checkpoint).
@@ -32,6 +33,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod prompt;
 pub mod schedulers;
+pub mod textual_inversion;
 pub mod tiny;
 pub mod tiny_sdxl;
 pub mod tokenizer;

@@ -15,6 +15,7 @@ use crate::config::{scheduler_config, unet_extras, unet_spec, vae_spec, UNetSpec
 use crate::ldm::{AttentionHeads, CheckpointFamily};
 use crate::lora::{apply_loras, Lora, LoraSelection, LoraTarget};
 use crate::schedulers::{by_name, slice_timesteps, PredictionType, SchedulerConfig};
+use crate::textual_inversion::{TextualInversion, TiVocabulary};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoEncoderKL;
@@ -770,6 +771,17 @@ impl Sd {
     /// weighted as compel weights them and concatenated: (1, 77·k, dim) in f32. Text without syntax is encoded
     /// as is.
     pub fn encode_prompt(&self, text: &str, skipped_layers: usize) -> Result<Tensor, EngineError> {
+        self.encode_prompt_with_ti(text, skipped_layers, &[])
+    }
+
+    /// [`Sd::encode_prompt`] with textual-inversion embeddings: those of `embeddings` (by trigger name) whose
+    /// `<name>` the prompt writes are applied as InvokeAI applies them ([`crate::textual_inversion`]).
+    pub fn encode_prompt_with_ti(
+        &self,
+        text: &str,
+        skipped_layers: usize,
+        embeddings: &[(&str, &TextualInversion)],
+    ) -> Result<Tensor, EngineError> {
         let _span = tracing::debug_span!("encode_prompt").entered();
         if self.is_sdxl() {
             return Err(EngineError::InvalidArgument(
@@ -781,7 +793,11 @@ impl Sd {
                 "this model has no first text encoder".into(),
             ));
         };
-        crate::prompt::encode(tokenizer, text_encoder, text, skipped_layers)
+        let conjunction = crate::prompt::parse(text)?;
+        let ti = TiVocabulary::for_text(tokenizer, text_encoder, text, embeddings)?;
+        crate::prompt::PromptEncoder::new(tokenizer, text_encoder, skipped_layers)
+            .with_textual_inversions(&ti)
+            .encode(&conjunction)
     }
 
     /// One UNet evaluation, in the model's dtype, returning f32.
@@ -1264,6 +1280,20 @@ impl Sd {
         skipped_layers_1: usize,
         skipped_layers_2: usize,
     ) -> Result<SdxlConditioning, EngineError> {
+        self.encode_prompt_sdxl_with_ti(prompt, style, skipped_layers_1, skipped_layers_2, &[])
+    }
+
+    /// [`Sd::encode_prompt_sdxl`] with textual-inversion embeddings: each encoder applies those of `embeddings`
+    /// whose `<name>` its own text writes (InvokeAI's `run_clip_compel` per encoder), SDXL embeddings with their
+    /// `clip_l` vectors in encoder 1 and their `clip_g` vectors in encoder 2.
+    pub fn encode_prompt_sdxl_with_ti(
+        &self,
+        prompt: &str,
+        style: &str,
+        skipped_layers_1: usize,
+        skipped_layers_2: usize,
+        embeddings: &[(&str, &TextualInversion)],
+    ) -> Result<SdxlConditioning, EngineError> {
         let _span = tracing::debug_span!("encode_prompt_sdxl").entered();
         let Some(second) = &self.text_encoder_2 else {
             return Err(EngineError::InvalidArgument(
@@ -1275,7 +1305,14 @@ impl Sd {
                 "the SDXL refiner's prompts are encoded with encode_prompt_sdxl_refiner".into(),
             ));
         };
-        let c1 = sdxl_states(tokenizer, text_encoder, prompt, skipped_layers_1, true)?;
+        let c1 = sdxl_states(
+            tokenizer,
+            text_encoder,
+            prompt,
+            skipped_layers_1,
+            true,
+            embeddings,
+        )?;
         let text_2 = if style.trim().is_empty() {
             prompt
         } else {
@@ -1287,8 +1324,9 @@ impl Sd {
             text_2,
             skipped_layers_2,
             true,
+            embeddings,
         )?;
-        let pooled = sdxl_pooled(second, text_2, skipped_layers_2, true)?;
+        let pooled = sdxl_pooled(second, text_2, skipped_layers_2, true, embeddings)?;
         let (l1, l2) = (c1.dim(1)?, c2.dim(1)?);
         let pad = |c: Tensor, to: usize| -> Result<Tensor, EngineError> {
             let (b, l, d) = c.dims3()?;
@@ -1312,6 +1350,17 @@ impl Sd {
         style: &str,
         skipped_layers: usize,
     ) -> Result<SdxlConditioning, EngineError> {
+        self.encode_prompt_sdxl_refiner_with_ti(style, skipped_layers, &[])
+    }
+
+    /// [`Sd::encode_prompt_sdxl_refiner`] with textual-inversion embeddings (their vectors of the second
+    /// encoder's width). InvokeAI finds none for a refiner: no embedding has the refiner's base.
+    pub fn encode_prompt_sdxl_refiner_with_ti(
+        &self,
+        style: &str,
+        skipped_layers: usize,
+        embeddings: &[(&str, &TextualInversion)],
+    ) -> Result<SdxlConditioning, EngineError> {
         let _span = tracing::debug_span!("encode_prompt_sdxl_refiner").entered();
         let (Some(second), None) = (&self.text_encoder_2, &self.first) else {
             return Err(EngineError::InvalidArgument(
@@ -1324,8 +1373,9 @@ impl Sd {
             style,
             skipped_layers,
             false,
+            embeddings,
         )?;
-        let pooled = sdxl_pooled(second, style, skipped_layers, false)?;
+        let pooled = sdxl_pooled(second, style, skipped_layers, false, embeddings)?;
         Ok(SdxlConditioning { embeds, pooled })
     }
 
@@ -1380,6 +1430,7 @@ fn sdxl_pooled(
     text: &str,
     skipped_layers: usize,
     zero_on_empty: bool,
+    embeddings: &[(&str, &TextualInversion)],
 ) -> Result<Tensor, EngineError> {
     if text.is_empty() && zero_on_empty {
         return Ok(Tensor::zeros(
@@ -1389,11 +1440,13 @@ fn sdxl_pooled(
         )?);
     }
     let tok = &second.tokenizer;
-    let mut ids = tok.encode(text);
+    let ti = TiVocabulary::for_text(tok, &second.encoder, text, embeddings)?;
+    let mut ids = ti.tokenize(tok, text);
     ids.truncate(tok.max_length().saturating_sub(2));
-    let out = second
-        .encoder
-        .forward(&[tok.window(&ids)], skipped_layers)?;
+    let out =
+        second
+            .encoder
+            .forward_extended(&[tok.window(&ids)], None, skipped_layers, ti.rows())?;
     Ok(out
         .pooled
         .ok_or_else(|| EngineError::InvalidModel("text_encoder_2 has no text_projection".into()))?
@@ -1409,6 +1462,7 @@ fn sdxl_states(
     text: &str,
     skipped_layers: usize,
     zero_on_empty: bool,
+    embeddings: &[(&str, &TextualInversion)],
 ) -> Result<Tensor, EngineError> {
     if text.is_empty() && zero_on_empty {
         let c = encoder.config();
@@ -1419,7 +1473,9 @@ fn sdxl_states(
         )?);
     }
     let conjunction = crate::prompt::parse(text)?;
+    let ti = TiVocabulary::for_text(tokenizer, encoder, text, embeddings)?;
     crate::prompt::PromptEncoder::new(tokenizer, encoder, skipped_layers)
         .penultimate()
+        .with_textual_inversions(&ti)
         .encode(&conjunction)
 }

@@ -25,6 +25,9 @@
 //! - `a.swap(b)` encodes the original prompt (padded to the edited prompt's length), as InvokeAI does;
 //! - `withLora(...)`/`useLora(...)` terms are dropped (InvokeAI applies LoRAs from its own fields).
 //!
+//! With [`PromptEncoder::with_textual_inversions`], fragments are tokenized with the embeddings' added tokens
+//! ([`crate::textual_inversion`]) and those tokens are weighted like any others.
+//!
 //! A prompt without syntax gives a single fragment of weight 1, whose encoding is exactly the plain text encoding.
 //! All weighting arithmetic is in f32, as compel does on a CPU.
 
@@ -34,6 +37,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 
 use crate::clip::ClipTextTransformer;
+use crate::textual_inversion::TiVocabulary;
 use crate::tokenizer::ClipTokenizer;
 use crate::EngineError;
 
@@ -1039,6 +1043,7 @@ pub fn parse(prompt: &str) -> Result<Conjunction, EngineError> {
 pub struct PromptEncoder<'a> {
     tokenizer: &'a ClipTokenizer,
     encoder: &'a ClipTextTransformer,
+    textual_inversions: Option<&'a TiVocabulary>,
     skipped_layers: usize,
     penultimate: bool,
     empty: RefCell<Option<Vec<f32>>>,
@@ -1060,6 +1065,7 @@ impl<'a> PromptEncoder<'a> {
         Self {
             tokenizer,
             encoder,
+            textual_inversions: None,
             skipped_layers,
             penultimate: false,
             empty: RefCell::new(None),
@@ -1070,6 +1076,21 @@ impl<'a> PromptEncoder<'a> {
     pub fn penultimate(mut self) -> Self {
         self.penultimate = true;
         self
+    }
+
+    /// Applies textual-inversion embeddings: their triggers tokenize to their vectors (compel with InvokeAI's
+    /// `TextualInversionManager`). Weights apply to their tokens like to any others.
+    pub fn with_textual_inversions(mut self, vocabulary: &'a TiVocabulary) -> Self {
+        self.textual_inversions = Some(vocabulary);
+        self
+    }
+
+    /// The token ids of one fragment (compel's `get_token_ids` without BOS/EOS).
+    fn tokenize(&self, text: &str) -> Vec<u32> {
+        match self.textual_inversions {
+            Some(ti) => ti.tokenize(self.tokenizer, text),
+            None => self.tokenizer.encode(text),
+        }
     }
 
     fn window_len(&self) -> usize {
@@ -1086,9 +1107,10 @@ impl<'a> PromptEncoder<'a> {
         windows: &[Vec<u32>],
         masks: Option<&[Vec<bool>]>,
     ) -> Result<Tensor, EngineError> {
+        let extra = self.textual_inversions.and_then(TiVocabulary::rows);
         let out = self
             .encoder
-            .forward_masked(windows, masks, self.skipped_layers)?;
+            .forward_extended(windows, masks, self.skipped_layers, extra)?;
         let states = if self.penultimate {
             out.penultimate_hidden_state
         } else {
@@ -1136,10 +1158,7 @@ impl<'a> PromptEncoder<'a> {
     pub fn encode(&self, conjunction: &Conjunction) -> Result<Tensor, EngineError> {
         if let Some(texts) = conjunction.plain_text() {
             // compel tokenizes each fragment separately; with weight 1 everywhere nothing else happens.
-            let ids: Vec<u32> = texts
-                .iter()
-                .flat_map(|t| self.tokenizer.encode(t))
-                .collect();
+            let ids: Vec<u32> = texts.iter().flat_map(|t| self.tokenize(t)).collect();
             return self.run(&self.tokenizer.windows_of_ids(&ids), None);
         }
         if conjunction.items.is_empty() {
@@ -1237,7 +1256,7 @@ impl<'a> PromptEncoder<'a> {
         }
         let edited_ids: Vec<u32> = side(true)
             .iter()
-            .flat_map(|f| self.tokenizer.encode(&f.text))
+            .flat_map(|f| self.tokenize(&f.text))
             .collect();
         let edited_len = self.tokenizer.chunk_ranges(&edited_ids).len() * self.window_len();
         self.pad(rows, edited_len)
@@ -1246,10 +1265,8 @@ impl<'a> PromptEncoder<'a> {
     /// compel's `get_embeddings_for_weighted_prompt_fragments` for one prompt.
     fn encode_fragments(&self, fragments: &[Fragment]) -> Result<Rows, EngineError> {
         let n = self.window_len();
-        let per_fragment: Vec<Vec<u32>> = fragments
-            .iter()
-            .map(|f| self.tokenizer.encode(&f.text))
-            .collect();
+        let per_fragment: Vec<Vec<u32>> =
+            fragments.iter().map(|f| self.tokenize(&f.text)).collect();
         let mut ids = Vec::new();
         let mut token_weights = Vec::new();
         for (f, t) in fragments.iter().zip(&per_fragment) {

@@ -360,6 +360,15 @@ impl ClipTokenizer {
     /// raw text first and map straight to their ids, so with SD 2.x's tokenizer a `!` in a prompt is the pad id,
     /// not the word-final `!</w>`. The text between them is normalised and BPE-encoded.
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_with_added(text, &[])
+    }
+
+    /// [`Self::encode`] with added tokens (transformers' `add_tokens`, as InvokeAI adds textual-inversion
+    /// triggers): `(content, id)` pairs, each content already normalised with [`Self::normalize`]. Like the
+    /// special tokens they are never split, but they are matched in the normalised text (NFC, collapsed
+    /// whitespace, lower case) between the special tokens, leftmost first and longest first, and the text between
+    /// them is BPE-encoded on its own.
+    pub fn encode_with_added(&self, text: &str, added: &[(String, u32)]) -> Vec<u32> {
         let mut ids = Vec::new();
         let mut rest = text;
         while !rest.is_empty() {
@@ -374,12 +383,12 @@ impl ClipTokenizer {
                 .min();
             match next {
                 Some((at, std::cmp::Reverse(len), id)) => {
-                    self.encode_plain(&rest[..at], &mut ids);
+                    self.encode_plain(&rest[..at], added, &mut ids);
                     ids.push(id);
                     rest = &rest[at + len..];
                 }
                 None => {
-                    self.encode_plain(rest, &mut ids);
+                    self.encode_plain(rest, added, &mut ids);
                     rest = "";
                 }
             }
@@ -387,7 +396,8 @@ impl ClipTokenizer {
         ids
     }
 
-    fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) {
+    /// The tokenizer's normalisation: NFC, runs of whitespace collapsed to one space, lower case.
+    pub fn normalize(text: &str) -> String {
         let normalized: String = text.nfc().collect();
         let mut collapsed = String::with_capacity(normalized.len());
         let mut in_space = false;
@@ -402,8 +412,37 @@ impl ClipTokenizer {
                 in_space = false;
             }
         }
-        let lowered = collapsed.to_lowercase();
-        for piece in self.pattern.find_iter(&lowered) {
+        collapsed.to_lowercase()
+    }
+
+    fn encode_plain(&self, text: &str, added: &[(String, u32)], ids: &mut Vec<u32>) {
+        let lowered = Self::normalize(text);
+        let mut rest = lowered.as_str();
+        while !rest.is_empty() {
+            let next = added
+                .iter()
+                .filter(|(s, _)| !s.is_empty())
+                .filter_map(|(s, id)| {
+                    rest.find(s.as_str())
+                        .map(|at| (at, std::cmp::Reverse(s.len()), *id))
+                })
+                .min();
+            match next {
+                Some((at, std::cmp::Reverse(len), id)) => {
+                    self.encode_normalized(&rest[..at], ids);
+                    ids.push(id);
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    self.encode_normalized(rest, ids);
+                    rest = "";
+                }
+            }
+        }
+    }
+
+    fn encode_normalized(&self, lowered: &str, ids: &mut Vec<u32>) {
+        for piece in self.pattern.find_iter(lowered) {
             let word: String = piece
                 .as_str()
                 .bytes()

@@ -1349,3 +1349,210 @@ async fn the_generate_endpoint_chains_an_sdxl_refiner() {
     let r = s.post("/api/v1/generate", None, &body).await;
     assert_eq!(r.status, 404, "{}", r.text);
 }
+
+/// Generates `prompt` on `model` as `token` through `POST /api/v1/generate`; returns the pixels.
+async fn generate_prompt(
+    s: &TestServer,
+    token: &str,
+    model: &Value,
+    prompt: &str,
+) -> image::RgbImage {
+    let body = json!({"prompt": prompt, "negative_prompt": "blurry", "model": model,
+        "width": 64, "height": 64, "steps": 2, "scheduler": "euler", "seed": 5, "wait": true,
+        "timeout_s": 120});
+    let r = s.post("/api/v1/generate", Some(token), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "completed", "{}", r.text);
+    let name = r.body["images"][0]["image_name"].as_str().unwrap();
+    image_pixels(s, Some(token), name).await
+}
+
+#[tokio::test]
+async fn a_textual_inversion_embedding_named_in_a_prompt_changes_the_image() {
+    let s = TestServer::multiuser().await;
+    let admin = s.setup_admin().await;
+    let (_, user) = s.user_with_token(&admin, "ti-user@example.com").await;
+    let incoming = s.root.path().join("incoming");
+    // The twin's 768-wide text encoder is what an sd-1 embedding fits.
+    let model_dir = incoming.join("tiny-sd1-ti-base");
+    write_tiny_sd1_twin(&model_dir, 11).expect("tiny model");
+    let job = install(&s, Some(&admin), model_dir.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let key = job["config_out"]["key"].clone();
+
+    let with_trigger = "a photo of <tiny-cat> on a mat";
+    let plain = "a photo of a cat on a mat";
+    let trigger_before = generate_prompt(&s, &user, &key, with_trigger).await;
+    let plain_before = generate_prompt(&s, &user, &key, plain).await;
+
+    // A two-vector A1111 embedding (`emb_params`), 768 wide: sd-1.
+    let embedding = incoming.join("tiny-cat.safetensors");
+    let values: Vec<f32> = atelier_engine::noise::randn(3, 2 * 768)
+        .iter()
+        .map(|v| v * 0.05)
+        .collect();
+    atelier_engine::weights::write_f32_safetensors(
+        &embedding,
+        &[("emb_params".to_owned(), vec![2, 768], values)],
+    )
+    .expect("embedding");
+    // Installing is for admins.
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("source", embedding.to_str().unwrap())
+        .append_pair("inplace", "true")
+        .finish();
+    let r = s
+        .post(
+            &format!("/api/v2/models/install?{query}"),
+            Some(&user),
+            &json!({}),
+        )
+        .await;
+    r.assert_detail(403, "Admin privileges required");
+    let job = install(&s, Some(&admin), embedding.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let record = job["config_out"].clone();
+    let mut fields: Vec<&str> = record
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .filter(|f| *f != "cover_image")
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "base",
+            "description",
+            "file_size",
+            "format",
+            "hash",
+            "key",
+            "name",
+            "path",
+            "source",
+            "source_api_response",
+            "source_type",
+            "source_url",
+            "type"
+        ],
+        "{record}"
+    );
+    assert_eq!(
+        (
+            &record["type"],
+            &record["format"],
+            &record["base"],
+            &record["name"]
+        ),
+        (
+            &json!("embedding"),
+            &json!("embedding_file"),
+            &json!("sd-1"),
+            &json!("tiny-cat")
+        ),
+        "{record}"
+    );
+
+    // The user's prompt naming it now encodes the embedding's vectors; the trigger by key does the same.
+    let trigger_after = generate_prompt(&s, &user, &key, with_trigger).await;
+    assert_ne!(
+        trigger_before.as_raw(),
+        trigger_after.as_raw(),
+        "the embedding changed nothing"
+    );
+    let ti_key = record["key"].as_str().unwrap();
+    let by_key = generate_prompt(&s, &user, &key, &format!("a photo of <{ti_key}> on a mat")).await;
+    assert_eq!(trigger_after.as_raw(), by_key.as_raw(), "by key");
+    // Prompts without the trigger are unchanged.
+    let plain_after = generate_prompt(&s, &user, &key, plain).await;
+    assert_eq!(plain_before.as_raw(), plain_after.as_raw());
+    // An embedding of another base stays plain text.
+    let dog = "a photo of <tiny-dog> on a mat";
+    let dog_before = generate_prompt(&s, &user, &key, dog).await;
+    let sd2_embedding = incoming.join("tiny-dog.safetensors");
+    atelier_engine::weights::write_f32_safetensors(
+        &sd2_embedding,
+        &[("<tiny-dog>".to_owned(), vec![1024], vec![0.5; 1024])],
+    )
+    .expect("embedding");
+    let job = install(&s, Some(&admin), sd2_embedding.to_str().unwrap(), true).await;
+    assert_eq!(job["config_out"]["base"], "sd-2", "{job}");
+    let dog_after = generate_prompt(&s, &user, &key, dog).await;
+    assert_eq!(dog_before.as_raw(), dog_after.as_raw());
+
+    // Embeddings of unknown widths and pickled ones are refused, the job saying why.
+    let odd = incoming.join("odd-width.safetensors");
+    atelier_engine::weights::write_f32_safetensors(
+        &odd,
+        &[("emb_params".to_owned(), vec![2, 512], vec![0.0; 1024])],
+    )
+    .expect("embedding");
+    let pickled = incoming.join("old-embedding.pt");
+    std::fs::write(&pickled, b"PK\x03\x04 pickled").unwrap();
+    for (path, reason, text) in [
+        (
+            &odd,
+            "InvalidModelConfigException",
+            "is not a textual-inversion embedding of a supported shape",
+        ),
+        (&pickled, "UnsafeModelFormatError", "is a pickle checkpoint"),
+    ] {
+        let job = install(&s, Some(&admin), path.to_str().unwrap(), true).await;
+        assert_eq!(
+            (job["status"].as_str(), job["error_reason"].as_str()),
+            (Some("error"), Some(reason)),
+            "{job}"
+        );
+        assert!(job["error"].as_str().unwrap().contains(text), "{job}");
+    }
+}
+
+#[tokio::test]
+async fn sdxl_prompts_look_up_embeddings_of_the_sdxl_base() {
+    let s = TestServer::single_user().await;
+    let dir = s.root.path().join("incoming").join("tiny-sdxl-ti");
+    write_tiny_sdxl(&dir, 7).expect("tiny sdxl");
+    let key = install_in_place(&s, &dir, "tiny-sdxl-ti").await;
+    // A real-sized SDXL embedding: found for the SDXL prompt, but its vectors (768 and 1280 wide) do
+    // not fit the tiny encoders (32 and 64), which fails the node as in InvokeAI.
+    let embedding = s.root.path().join("incoming").join("xl-emb.safetensors");
+    atelier_engine::weights::write_f32_safetensors(
+        &embedding,
+        &[
+            ("clip_g".to_owned(), vec![1, 1280], vec![0.1; 1280]),
+            ("clip_l".to_owned(), vec![1, 768], vec![0.1; 768]),
+        ],
+    )
+    .expect("embedding");
+    let job = install(&s, None, embedding.to_str().unwrap(), true).await;
+    assert_eq!(job["config_out"]["base"], "sdxl", "{job}");
+    let batch = |prompt: &str| {
+        let body = json!({"prompt": prompt, "negative_prompt": "", "model": key, "width": 64,
+            "height": 64, "steps": 2, "scheduler": "euler", "seed": 3, "dry_run": true});
+        body
+    };
+    for (prompt, failure) in [
+        ("a <xl-emb> fox", Some("Cannot load embedding for <xl-emb>")),
+        ("a <other> fox", None),
+        ("a fox", None),
+    ] {
+        let r = s.post("/api/v1/generate", None, &batch(prompt)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let item = run_batch(&s, &r.body["batch"]).await;
+        match failure {
+            Some(text) => {
+                assert_eq!(item["status"], "failed", "{item}");
+                assert!(
+                    item["error_message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(text),
+                    "{item}"
+                );
+            }
+            None => assert_eq!(item["status"], "completed", "{prompt}: {item}"),
+        }
+    }
+}

@@ -6,7 +6,9 @@
 //! as single-file LDM checkpoints, and separate SD 1.x/2.x/XL VAE models (diffusers folders or
 //! single-file LDM checkpoints), on the CPU in f32, with LoRAs (kohya or diffusers/PEFT names)
 //! merged into the UNet and text encoders at load (SDXL's CLIP 1 and CLIP 2 each from their own
-//! field's LoRAs). Single-file SDXL checkpoints are refused with a clear error.
+//! field's LoRAs). Single-file SDXL checkpoints are refused with a clear error. Textual-inversion
+//! embeddings named in prompts (`<name>` or `<key>`) are looked up, loaded (cached like models) and
+//! applied as InvokeAI's `generate_ti_list` and `apply_ti` do.
 
 use crate::service::compute::Compute;
 use crate::service::tensors::{Latents, Stored, TensorStore};
@@ -17,6 +19,7 @@ use atelier_engine::pipeline::{
     Vae, VAE_DTYPE,
 };
 use atelier_engine::schedulers::PredictionType;
+use atelier_engine::textual_inversion::{triggers, TextualInversion};
 use atelier_graph::NodeError;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,7 @@ fn unsupported(what: &str) -> NodeError {
 enum Loaded {
     Sd(Arc<Sd>),
     Vae(Arc<Vae>),
+    Embedding(Arc<TextualInversion>),
 }
 
 /// Loaded models, least recently used first out when over budget.
@@ -97,6 +101,13 @@ impl ModelCache {
 /// the models folder, events.
 pub trait Host {
     fn model_record(&mut self, key: &str) -> Result<Option<Value>, NodeError>;
+    /// The records of the models with exactly this name, base and type.
+    fn find_models(
+        &mut self,
+        name: &str,
+        base: &str,
+        model_type: &str,
+    ) -> Result<Vec<Value>, NodeError>;
     fn models_dir(&self) -> &Path;
     /// `model_load_started` / `model_load_complete` for the item's owner.
     fn model_load(&mut self, complete: bool, record: &Value, submodel: Option<&str>);
@@ -481,7 +492,7 @@ fn vae_model(cache: &mut ModelCache, host: &mut dyn Host, key: &str) -> Result<V
     match cache.get(key) {
         Some(Loaded::Sd(sd)) => return Ok(VaeOf::Main(sd)),
         Some(Loaded::Vae(vae)) => return Ok(VaeOf::Separate(vae)),
-        None => {}
+        Some(Loaded::Embedding(_)) | None => {}
     }
     let record = record(host, key)?;
     if record["type"] != "vae" {
@@ -514,6 +525,112 @@ fn vae_model(cache: &mut ModelCache, host: &mut dyn Host, key: &str) -> Result<V
     let size = record["file_size"].as_u64().unwrap_or(0);
     cache.insert(key, size, Loaded::Vae(vae.clone()));
     Ok(VaeOf::Separate(vae))
+}
+
+/// Textual-inversion embeddings by the trigger name a prompt wrote (`<name>`).
+type Embeddings = Vec<(String, Arc<TextualInversion>)>;
+
+/// The textual-inversion embeddings the `<…>` triggers of `texts` name, for the text encoders of the main
+/// model `main_key` (InvokeAI's `generate_ti_list`, with the main model's base): a trigger's text is first
+/// taken as a model key (the model must be an embedding of that base), else as the name of an embedding of
+/// that base (exactly one). A trigger that names none stays plain text, with a warning, as does one whose
+/// embedding fails to load.
+fn embeddings(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    main_key: &str,
+    texts: &[&str],
+) -> Result<Embeddings, NodeError> {
+    let mut out: Embeddings = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    let mut base: Option<String> = None;
+    for name in texts.iter().flat_map(|t| triggers(t)) {
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        let base = match &base {
+            Some(b) => b.clone(),
+            None => base.insert(main_base(host, main_key)?).clone(),
+        };
+        let Some(record) = embedding_record(host, name, &base)? else {
+            continue;
+        };
+        match load_embedding(cache, host, &record) {
+            Ok(ti) => out.push((name.to_owned(), ti)),
+            Err(e) => tracing::warn!(
+                trigger = %format!("<{name}>"),
+                error = %e.message,
+                "failed to load the textual inversion model for this trigger; it stays plain text"
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// The embedding record a trigger names (see [`embeddings`]), or `None` (logged).
+fn embedding_record(
+    host: &mut dyn Host,
+    name: &str,
+    base: &str,
+) -> Result<Option<Value>, NodeError> {
+    let trigger = format!("<{name}>");
+    if let Some(record) = host.model_record(name)? {
+        if record["type"] == "embedding" && record["base"] == base {
+            return Ok(Some(record));
+        }
+        tracing::warn!(%trigger, "not a valid textual inversion model for this graph");
+        return Ok(None);
+    }
+    let mut found = host.find_models(name, base, "embedding")?;
+    match found.len() {
+        1 => Ok(found.pop()),
+        0 => {
+            tracing::warn!(%trigger, base, "no textual inversion model of this name and base; the trigger stays plain text");
+            Ok(None)
+        }
+        _ => {
+            tracing::warn!(%trigger, "more than one similarly-named textual inversion models");
+            Ok(None)
+        }
+    }
+}
+
+/// Loads (or finds in the cache) an embedding model: its `.safetensors` file, or a diffusers folder's
+/// `learned_embeds.safetensors`.
+fn load_embedding(
+    cache: &mut ModelCache,
+    host: &mut dyn Host,
+    record: &Value,
+) -> Result<Arc<TextualInversion>, NodeError> {
+    let key = record["key"].as_str().unwrap_or_default();
+    if let Some(Loaded::Embedding(ti)) = cache.get(key) {
+        return Ok(ti);
+    }
+    let mut path = crate::service::models::resolve(
+        host.models_dir(),
+        record["path"].as_str().unwrap_or_default(),
+    );
+    if record["format"] == "embedding_folder" {
+        path = path.join("learned_embeds.safetensors");
+    }
+    host.model_load(false, record, None);
+    let ti = Arc::new(TextualInversion::load(&path).map_err(engine_error)?);
+    host.model_load(true, record, None);
+    let size = record["file_size"].as_u64().unwrap_or(0);
+    cache.insert(key, size, Loaded::Embedding(ti.clone()));
+    Ok(ti)
+}
+
+/// The engine's view of [`Embeddings`].
+fn embedding_refs(list: &Embeddings) -> Vec<(&str, &TextualInversion)> {
+    list.iter().map(|(n, t)| (n.as_str(), t.as_ref())).collect()
+}
+
+/// The base of the main model `key` (the base its text encoders' embeddings must have).
+fn main_base(host: &mut dyn Host, key: &str) -> Result<String, NodeError> {
+    let (record, _) = main_record(host, key)?;
+    Ok(record["base"].as_str().unwrap_or_default().to_owned())
 }
 
 /// An `sdxl_compel_prompt` result (InvokeAI's `SDXLConditioningInfo`): both encoders' states side
@@ -648,8 +765,9 @@ pub fn encode_prompt(
         )));
     }
     let prompt = request["prompt"].as_str().unwrap_or_default();
+    let tis = embeddings(cache, host, &key, &[prompt])?;
     let tensor = sd
-        .encode_prompt(prompt, skipped_layers(clip))
+        .encode_prompt_with_ti(prompt, skipped_layers(clip), &embedding_refs(&tis))
         .map_err(engine_error)?;
     Ok(tensors.put("conditioning", Stored::Opaque(Arc::new(tensor))))
 }
@@ -694,12 +812,18 @@ fn encode_prompt_sdxl(
         number("target_height", 1024),
         number("target_width", 1024),
     ];
+    let (prompt, style) = (
+        request["prompt"].as_str().unwrap_or_default(),
+        request["style"].as_str().unwrap_or_default(),
+    );
+    let tis = embeddings(cache, host, key, &[prompt, style])?;
     let encoded = sd
-        .encode_prompt_sdxl(
-            request["prompt"].as_str().unwrap_or_default(),
-            request["style"].as_str().unwrap_or_default(),
+        .encode_prompt_sdxl_with_ti(
+            prompt,
+            style,
             skipped_layers(clip),
             skipped_layers(clip2),
+            &embedding_refs(&tis),
         )
         .map_err(engine_error)?;
     let stored = SdxlConditioning {
@@ -735,11 +859,11 @@ fn encode_prompt_sdxl_refiner(
         number("crop_left", 0.0),
         number("aesthetic_score", 6.0),
     ];
+    let style = request["style"].as_str().unwrap_or_default();
+    // The refiner's base is `sdxl-refiner`, which no embedding has: as in InvokeAI, triggers stay text.
+    let tis = embeddings(cache, host, &key, &[style])?;
     let encoded = sd
-        .encode_prompt_sdxl_refiner(
-            request["style"].as_str().unwrap_or_default(),
-            skipped_layers(clip2),
-        )
+        .encode_prompt_sdxl_refiner_with_ti(style, skipped_layers(clip2), &embedding_refs(&tis))
         .map_err(engine_error)?;
     let stored = SdxlConditioning {
         embeds: encoded.embeds,

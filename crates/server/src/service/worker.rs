@@ -63,6 +63,12 @@ enum Call {
         key: String,
         reply: oneshot::Sender<Result<Option<Value>, NodeError>>,
     },
+    FindModels {
+        name: String,
+        base: String,
+        model_type: String,
+        reply: oneshot::Sender<Result<Vec<Value>, NodeError>>,
+    },
     ModelLoad {
         complete: bool,
         record: Value,
@@ -113,6 +119,24 @@ impl generation::Host for ThreadHost<'_> {
         self.calls
             .send(Call::ModelRecord {
                 key: key.to_owned(),
+                reply,
+            })
+            .map_err(|_| lost())?;
+        rx.blocking_recv().map_err(|_| lost())?
+    }
+
+    fn find_models(
+        &mut self,
+        name: &str,
+        base: &str,
+        model_type: &str,
+    ) -> Result<Vec<Value>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.calls
+            .send(Call::FindModels {
+                name: name.to_owned(),
+                base: base.to_owned(),
+                model_type: model_type.to_owned(),
                 reply,
             })
             .map_err(|_| lost())?;
@@ -777,6 +801,32 @@ impl Worker {
             Call::ModelRecord { key, reply } => {
                 let found = match self.state.store.get_model(&key).await {
                     Ok(row) => Ok(row.and_then(|r| serde_json::from_str(&r.config).ok())),
+                    Err(e) => Err(NodeError::new("RuntimeError", e.to_string())),
+                };
+                let _ = reply.send(found);
+            }
+            Call::FindModels {
+                name,
+                base,
+                model_type,
+                reply,
+            } => {
+                let filter = atelier_store::ModelFilter {
+                    name: Some(name),
+                    base: Some(base),
+                    model_type: Some(model_type),
+                    ..Default::default()
+                };
+                let found = match self
+                    .state
+                    .store
+                    .list_models(&filter, atelier_store::ModelOrder::Name, false)
+                    .await
+                {
+                    Ok(rows) => Ok(rows
+                        .iter()
+                        .filter_map(|r| serde_json::from_str(&r.config).ok())
+                        .collect()),
                     Err(e) => Err(NodeError::new("RuntimeError", e.to_string())),
                 };
                 let _ = reply.send(found);

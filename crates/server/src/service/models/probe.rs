@@ -356,6 +356,42 @@ fn vae_base_from_name(path: &Path) -> &'static str {
     }
 }
 
+/// A textual-inversion embedding (InvokeAI's `TI_File_*_Config` / `TI_Folder_*_Config`): a file with an
+/// `emb_params`, `clip_g` or `string_to_param.*` tensor, or a small one (under 10 tensors) whose first tensor is
+/// a vector or a (vectors, width) matrix; the width gives the base: 768 sd-1, 1024 sd-2, 1280 (`clip_g`) sdxl.
+/// `None` when the file does not look like an embedding; an error when it does but its width is not one of those.
+fn embedding(path: &Path, header: &Header, format: &str) -> Option<Result<Probed, ProbeError>> {
+    use atelier_engine::textual_inversion::{Layout, TextualInversion};
+    let explicit = header.tensors.contains_key("emb_params")
+        || header.tensors.contains_key("clip_g")
+        || header.has_prefix("string_to_param.");
+    if !explicit && header.tensors.len() >= 10 {
+        return None;
+    }
+    let key = match TextualInversion::layout(header.tensors.keys().map(String::as_str))? {
+        Layout::EmbParams => "emb_params".to_owned(),
+        Layout::Sdxl => "clip_g".to_owned(),
+        Layout::StringToParam(key) | Layout::FirstTensor(key) => key,
+    };
+    let shape = header.shape(&key).unwrap_or_default();
+    let base = match shape {
+        [768] | [_, 768] => "sd-1",
+        [1024] | [_, 1024] => "sd-2",
+        [1280] | [_, 1280] => "sdxl",
+        _ => {
+            return Some(Err(ProbeError::Unrecognized(format!(
+                "'{}' is not a textual-inversion embedding of a supported shape: its tensor '{key}' has \
+                 shape {shape:?}, while embeddings are (vectors, 768) for sd-1, (vectors, 1024) for sd-2 and \
+                 clip_g (vectors, 1280) with clip_l (vectors, 768) for sdxl",
+                display_name(path)
+            ))))
+        }
+    };
+    Some(Ok(map(
+        json!({"type": "embedding", "format": format, "base": base}),
+    )))
+}
+
 fn probe_safetensors(path: &Path, header: &Header) -> Result<Probed, ProbeError> {
     if header
         .tensors
@@ -371,6 +407,9 @@ fn probe_safetensors(path: &Path, header: &Header) -> Result<Probed, ProbeError>
             "type": "vae", "format": "checkpoint", "base": vae_base_from_name(path),
             "config_path": null, "cpu_only": null,
         })));
+    }
+    if let Some(probed) = embedding(path, header, "embedding_file") {
+        return probed;
     }
     Err(ProbeError::Unrecognized(format!(
         "'{}' matches no supported model family",
@@ -452,6 +491,25 @@ fn probe_folder(dir: &Path) -> Result<Probed, ProbeError> {
         return lora(&read_header(&lora_file)?, "diffusers");
     }
     if dir.join("pytorch_lora_weights.bin").is_file() {
+        return Err(ProbeError::Pickle(display_name(dir)));
+    }
+    // A diffusers textual-inversion folder: `learned_embeds.safetensors` (the pickle `.bin` is refused).
+    let embeds = dir.join("learned_embeds.safetensors");
+    if embeds.is_file() {
+        return embedding(&embeds, &read_header(&embeds)?, "embedding_folder").unwrap_or_else(
+            || {
+                Err(ProbeError::Unrecognized(format!(
+                    "'{}' in '{}' is not a textual-inversion embedding",
+                    display_name(&embeds),
+                    display_name(dir)
+                )))
+            },
+        );
+    }
+    if ["learned_embeds.bin", "learned_embeds.pt"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
+    {
         return Err(ProbeError::Pickle(display_name(dir)));
     }
     if let Some(config) = read_json(&dir.join("config.json"))? {
@@ -691,6 +749,93 @@ pub(crate) mod tests {
             (p["type"].as_str(), p["base"].as_str()),
             (Some("vae"), Some("sd-1"))
         );
+    }
+
+    fn kind(p: &Probed) -> (&str, &str, &str) {
+        let get = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default();
+        (get("type"), get("format"), get("base"))
+    }
+
+    #[test]
+    fn identifies_a1111_emb_params_embeddings() {
+        let p = probe_tensors(vec![("emb_params".into(), vec![4, 768])]).expect("sd-1");
+        assert_eq!(kind(&p), ("embedding", "embedding_file", "sd-1"));
+        // InvokeAI's embedding configs carry no fields beyond the common ones.
+        let mut keys: Vec<&str> = p.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["base", "format", "type"]);
+        let p = probe_tensors(vec![("emb_params".into(), vec![1, 1024])]).expect("sd-2");
+        assert_eq!(kind(&p).2, "sd-2");
+    }
+
+    #[test]
+    fn identifies_flattened_string_to_param_embeddings() {
+        let p = probe_tensors(vec![
+            ("string_to_param.*".into(), vec![2, 1024]),
+            ("string_to_token.*".into(), vec![1]),
+        ])
+        .expect("sd-2");
+        assert_eq!(kind(&p), ("embedding", "embedding_file", "sd-2"));
+    }
+
+    #[test]
+    fn identifies_diffusers_single_token_embeddings() {
+        let p = probe_tensors(vec![("<cat-toy>".into(), vec![768])]).expect("1-D");
+        assert_eq!(kind(&p), ("embedding", "embedding_file", "sd-1"));
+        let p = probe_tensors(vec![("<cat-toy>".into(), vec![2, 1024])]).expect("2-D");
+        assert_eq!(kind(&p).2, "sd-2");
+    }
+
+    #[test]
+    fn identifies_sdxl_embeddings() {
+        let p = probe_tensors(vec![
+            ("clip_g".into(), vec![2, 1280]),
+            ("clip_l".into(), vec![2, 768]),
+        ])
+        .expect("sdxl");
+        assert_eq!(kind(&p), ("embedding", "embedding_file", "sdxl"));
+    }
+
+    #[test]
+    fn identifies_diffusers_embedding_folders() {
+        let dir = tempfile::tempdir().expect("dir");
+        let root = dir.path().join("cat-toy");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        write_safetensors(
+            &root.join("learned_embeds.safetensors"),
+            &[("<cat-toy>", &[1, 768])],
+        );
+        let p = probe(&root).expect("folder");
+        assert_eq!(kind(&p), ("embedding", "embedding_folder", "sd-1"));
+        let pickled = dir.path().join("pickled");
+        std::fs::create_dir_all(&pickled).expect("mkdir");
+        std::fs::write(pickled.join("learned_embeds.bin"), b"PK").expect("write");
+        assert!(matches!(probe(&pickled), Err(ProbeError::Pickle(_))));
+        std::fs::write(dir.path().join("emb.pt"), b"PK").expect("write");
+        assert!(matches!(
+            probe(&dir.path().join("emb.pt")),
+            Err(ProbeError::Pickle(_))
+        ));
+    }
+
+    #[test]
+    fn embeddings_of_unknown_widths_are_refused_clearly() {
+        for tensors in [
+            vec![("emb_params".to_owned(), vec![2, 512])],
+            vec![("<tok>".to_owned(), vec![2, 3, 768])],
+            vec![
+                ("clip_g".to_owned(), vec![2, 640]),
+                ("clip_l".to_owned(), vec![2, 768]),
+            ],
+        ] {
+            let err = probe_tensors(tensors.clone()).expect_err("unknown width");
+            assert!(matches!(err, ProbeError::Unrecognized(_)), "{tensors:?}");
+            assert!(
+                err.to_string()
+                    .contains("not a textual-inversion embedding of a supported shape"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

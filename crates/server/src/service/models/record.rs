@@ -139,6 +139,12 @@ fn kind_fields(kind: &str, format: &str, base: &str) -> Option<&'static [&'stati
         ("vae", "checkpoint") => Some(&["config_path", "cpu_only"]),
         ("vae", "diffusers") => Some(&["repo_variant", "cpu_only"]),
         ("lora", "lycoris" | "diffusers" | "omi") => Some(&["trigger_phrases", "default_settings"]),
+        // InvokeAI's `TI_File_*_Config` / `TI_Folder_*_Config`: the common fields only.
+        ("embedding", "embedding_file" | "embedding_folder")
+            if matches!(base, "sd-1" | "sd-2" | "sdxl") =>
+        {
+            Some(&[])
+        }
         _ => None,
     }
 }
@@ -498,6 +504,33 @@ mod tests {
             &changes(json!({"default_settings": {"weight": 3.0}}))
         )
         .is_err());
+    }
+
+    #[test]
+    fn embeddings_carry_the_common_fields_only() {
+        let mut r = sd1();
+        r.insert("type".into(), json!("embedding"));
+        r.insert("format".into(), json!("embedding_folder"));
+        let n = normalize(&r).expect("valid");
+        let keys: Vec<&str> = n.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "key",
+                "hash",
+                "path",
+                "file_size",
+                "name",
+                "description",
+                "source",
+                "source_type",
+                "source_api_response",
+                "source_url",
+                "type",
+                "format",
+                "base"
+            ]
+        );
     }
 
     #[test]
