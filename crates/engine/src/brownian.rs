@@ -176,7 +176,14 @@ pub struct BrownianInterval {
     nodes: Vec<Node>,
     /// The increment over the whole interval.
     w: Vec<f32>,
+    /// Node increments computed by earlier queries (they never change), so a query re-derives only
+    /// the new part of its path from the root, as torchsde's LRU cache saves it; emptied when it
+    /// holds [`CACHED_NODES`] entries.
+    cache: HashMap<usize, Vec<f32>>,
 }
+
+/// How many node increments [`BrownianInterval`] keeps between queries (torchsde keeps 45).
+const CACHED_NODES: usize = 64;
 
 impl BrownianInterval {
     /// `BrownianInterval(t0, t1, size=(len,), entropy=entropy, tol=1e-6, pool_size=24, halfway_tree=True)`.
@@ -206,6 +213,7 @@ impl BrownianInterval {
                 split: None,
             }],
             w,
+            cache: HashMap::new(),
         })
     }
 
@@ -231,7 +239,10 @@ impl BrownianInterval {
         }
         let mut pieces = Vec::new();
         self.locate(0, ta, tb, &mut pieces)?;
-        let mut memo = HashMap::new();
+        let mut memo = std::mem::take(&mut self.cache);
+        if memo.len() >= CACHED_NODES {
+            memo.clear();
+        }
         let mut total: Option<Vec<f32>> = None;
         for id in pieces {
             let w = self.node_increment(id, &mut memo);
@@ -240,6 +251,7 @@ impl BrownianInterval {
                 Some(acc) => acc.iter().zip(&w).map(|(a, b)| a + b).collect(),
             });
         }
+        self.cache = memo;
         Ok(total.unwrap_or_else(|| vec![0.0; self.len]))
     }
 
@@ -482,5 +494,19 @@ mod tests {
         // Another seed, another path.
         let mut c = BrownianInterval::new(0.03, 14.6, 32, 6).unwrap();
         assert_ne!(c.increment(0.03, 3.3).unwrap(), left);
+        // The node cache kept between queries (and emptied when full) never changes a value: a
+        // schedule's worth of queries on one tree equals each query on a fresh tree.
+        let mut shared = BrownianInterval::new(0.03, 14.6, 16, 9).unwrap();
+        let times: Vec<f64> = (0..120).map(|i| 14.6 * 0.97f64.powi(i)).collect();
+        for pair in times.windows(2) {
+            let (ta, tb) = (pair[1].max(0.03), pair[0]);
+            let mut fresh = BrownianInterval::new(0.03, 14.6, 16, 9).unwrap();
+            assert_eq!(
+                shared.increment(ta, tb).unwrap(),
+                fresh.increment(ta, tb).unwrap(),
+                "[{ta}, {tb}]"
+            );
+        }
+        assert!(shared.cache.len() <= CACHED_NODES + MAX_DEPTH as usize);
     }
 }

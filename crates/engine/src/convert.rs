@@ -239,12 +239,7 @@ pub fn checkpoint_to_diffusers(
     // SDXL's second text encoder, with its projection (transposed, held in memory).
     let text_2 = if sdxl {
         let mut files = open()?;
-        let clip = if refiner {
-            crate::ldm::sdxl_refiner_clip_from_open_clip(&mut files)
-        } else {
-            crate::ldm::sdxl_clip_from_open_clip(&mut files)
-        }
-        .map_err(in_file)?;
+        let clip = crate::ldm::sdxl_open_clip_of(&mut files, family).map_err(in_file)?;
         let mut component =
             Component::new(files, |_, shape| Some(shape.to_vec())).map_err(in_file)?;
         let projection = vec![

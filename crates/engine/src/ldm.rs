@@ -836,6 +836,18 @@ pub fn sdxl_refiner_clip_from_open_clip(
     )
 }
 
+/// The OpenCLIP ViT-bigG text encoder (diffusers' `text_encoder_2`) of an SDXL or SDXL refiner checkpoint
+/// ([`sdxl_clip_from_open_clip`], [`sdxl_refiner_clip_from_open_clip`]).
+pub fn sdxl_open_clip_of(
+    files: &mut SafetensorsFiles,
+    family: CheckpointFamily,
+) -> Result<ClipTextConfig, EngineError> {
+    match family {
+        CheckpointFamily::SdxlRefiner => sdxl_refiner_clip_from_open_clip(files),
+        _ => sdxl_clip_from_open_clip(files),
+    }
+}
+
 /// The OpenCLIP text encoder under `prefix`; `projection` (the family's name in messages) keeps its
 /// `text_projection`, as SDXL's second encoder; `None`: SD 2.x's, without it.
 fn open_clip_at(

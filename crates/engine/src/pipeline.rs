@@ -1122,12 +1122,8 @@ impl Sd {
                 SafetensorsFiles::open(&[file])?,
             )
         };
-        let clip_2 = if refiner {
-            crate::ldm::sdxl_refiner_clip_from_open_clip(&mut text_files_2)
-        } else {
-            crate::ldm::sdxl_clip_from_open_clip(&mut text_files_2)
-        }
-        .map_err(in_file)?;
+        let clip_2 =
+            crate::ldm::sdxl_open_clip_of(&mut text_files_2, config.family).map_err(in_file)?;
         apply_loras(
             &mut text_files_2,
             LoraTarget::TextEncoder2,

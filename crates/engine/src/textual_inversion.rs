@@ -2,10 +2,11 @@
 //! name"), read and applied as InvokeAI reads and applies them.
 //!
 //! [`TextualInversion::load`] reads a `.safetensors` file in the layouts InvokeAI's `TextualInversionModelRaw`
-//! understands: `emb_params` (A1111 v3), `clip_g` + `clip_l` (SDXL), `string_to_param.*` (an A1111 embedding
-//! whose `string_to_param` dict was flattened into safetensors keys; the first one is used), or any other
-//! dict whose first tensor (keys sorted) is the embedding (diffusers' single-token `{"<token>": tensor}`). A
-//! 1-D tensor is one vector. Pickle files (`.pt`, `.bin`) are never read: the model manager refuses them.
+//! understands, and a little more: `emb_params` (A1111 v3), `clip_g` + `clip_l` (SDXL), any other dict whose
+//! first tensor (keys sorted) is the embedding (diffusers' single-token `{"<token>": tensor}`), and, beyond
+//! InvokeAI, `string_to_param.*` keys (an A1111 embedding whose `string_to_param` dict was flattened into
+//! safetensors keys; the first one is used) and 1-D tensors in any layout (one vector; InvokeAI only reshapes
+//! 1-D single-token files). Pickle files (`.pt`, `.bin`) are never read: the model manager refuses them.
 //!
 //! [`TiVocabulary`] applies the embeddings whose triggers a prompt names to one tokenizer and text encoder for
 //! one encoding, as InvokeAI's `ModelPatcher.apply_ti` and `TextualInversionManager` do:
@@ -200,10 +201,17 @@ impl TiVocabulary {
         text: &str,
         available: &[(&str, &TextualInversion)],
     ) -> Result<Self, EngineError> {
-        let list: Vec<(&str, &TextualInversion)> = triggers(text)
-            .into_iter()
-            .filter_map(|name| available.iter().find(|(n, _)| *n == name).copied())
-            .collect();
+        // A repeated trigger maps to the same tokens, so each embedding is added once, in the order
+        // of first use.
+        let mut list: Vec<(&str, &TextualInversion)> = Vec::new();
+        for name in triggers(text) {
+            if list.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            if let Some(found) = available.iter().find(|(n, _)| *n == name) {
+                list.push(*found);
+            }
+        }
         Self::new(tokenizer, encoder, &list)
     }
 

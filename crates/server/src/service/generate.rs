@@ -84,18 +84,15 @@ fn fields() -> Vec<Input> {
     ]
 }
 
-/// The refiner settings besides `refiner_model`, with the web UI's defaults.
-const REFINER_SETTINGS: [(&str, f64); 6] = [
-    ("refiner_steps", 20.0),
-    ("refiner_cfg_scale", 7.5),
-    ("refiner_scheduler", f64::NAN),
-    ("refiner_positive_aesthetic_score", 6.0),
-    ("refiner_negative_aesthetic_score", 2.5),
-    ("refiner_start", 0.8),
+/// The refiner settings besides `refiner_model`: they need it.
+const REFINER_SETTINGS: [&str; 6] = [
+    "refiner_steps",
+    "refiner_cfg_scale",
+    "refiner_scheduler",
+    "refiner_positive_aesthetic_score",
+    "refiner_negative_aesthetic_score",
+    "refiner_start",
 ];
-
-/// The web UI's default refiner scheduler.
-const REFINER_SCHEDULER: &str = "euler";
 
 fn issue(field: &str, kind: &'static str, msg: String, input: Value) -> ValidationIssue {
     ValidationIssue {
@@ -758,8 +755,8 @@ async fn plan(
 /// the main model SDXL; the other `refiner_*` fields need it.
 async fn refiner(state: &AppState, req: &Request, base: &str) -> Result<Option<Refiner>, ApiError> {
     let Some(wanted) = req.str("refiner_model") else {
-        return match REFINER_SETTINGS.iter().find(|(k, _)| !req.get(k).is_null()) {
-            Some((field, _)) => Err(invalid(
+        return match REFINER_SETTINGS.iter().find(|k| !req.get(k).is_null()) {
+            Some(field) => Err(invalid(
                 field,
                 format!("{field} needs refiner_model"),
                 req.get(field).clone(),
@@ -784,18 +781,8 @@ async fn refiner(state: &AppState, req: &Request, base: &str) -> Result<Option<R
             json!(wanted),
         ));
     }
-    let number = |field: &str| {
-        REFINER_SETTINGS
-            .iter()
-            .find(|(k, _)| *k == field)
-            .map_or(f64::NAN, |(_, default)| {
-                req.float(field).unwrap_or(*default)
-            })
-    };
-    let scheduler = req
-        .str("refiner_scheduler")
-        .unwrap_or(REFINER_SCHEDULER)
-        .to_owned();
+    // The web UI's defaults.
+    let scheduler = req.str("refiner_scheduler").unwrap_or("euler").to_owned();
     if !atelier_engine::schedulers::is_implemented(&scheduler) {
         return Err(invalid(
             "refiner_scheduler",
@@ -806,11 +793,11 @@ async fn refiner(state: &AppState, req: &Request, base: &str) -> Result<Option<R
     Ok(Some(Refiner {
         model,
         steps: req.int("refiner_steps").unwrap_or(20),
-        cfg_scale: number("refiner_cfg_scale"),
+        cfg_scale: req.float("refiner_cfg_scale").unwrap_or(7.5),
         scheduler,
-        positive_aesthetic_score: number("refiner_positive_aesthetic_score"),
-        negative_aesthetic_score: number("refiner_negative_aesthetic_score"),
-        start: number("refiner_start"),
+        positive_aesthetic_score: req.float("refiner_positive_aesthetic_score").unwrap_or(6.0),
+        negative_aesthetic_score: req.float("refiner_negative_aesthetic_score").unwrap_or(2.5),
+        start: req.float("refiner_start").unwrap_or(0.8),
     }))
 }
 

@@ -2,11 +2,11 @@
 //! items within a memory budget), encoding prompts, denoising, VAE decode and encode through
 //! the engine. Values pass between nodes through the [`TensorStore`] by name.
 //!
-//! Supported today: SD 1.x / 2.x / XL main models in diffusers folders, SD 1.x / 2.x main models
-//! as single-file LDM checkpoints, and separate SD 1.x/2.x/XL VAE models (diffusers folders or
-//! single-file LDM checkpoints), on the CPU in f32, with LoRAs (kohya or diffusers/PEFT names)
-//! merged into the UNet and text encoders at load (SDXL's CLIP 1 and CLIP 2 each from their own
-//! field's LoRAs). Single-file SDXL checkpoints are refused with a clear error. Textual-inversion
+//! Supported today: SD 1.x / 2.x / XL and SDXL refiner main models, in diffusers folders or as
+//! single-file LDM/SGM checkpoints, and separate SD 1.x/2.x/XL VAE models (diffusers folders or
+//! single-file LDM checkpoints), on the device and precision of [`Compute`] (the CPU in f32 by
+//! default), with LoRAs (kohya or diffusers/PEFT names) merged into the UNet and text encoders at
+//! load (SDXL's CLIP 1 and CLIP 2 each from their own field's LoRAs). Textual-inversion
 //! embeddings named in prompts (`<name>` or `<key>`) are looked up, loaded (cached like models) and
 //! applied as InvokeAI's `generate_ti_list` and `apply_ti` do.
 
@@ -530,6 +530,11 @@ fn vae_model(cache: &mut ModelCache, host: &mut dyn Host, key: &str) -> Result<V
 /// Textual-inversion embeddings by the trigger name a prompt wrote (`<name>`).
 type Embeddings = Vec<(String, Arc<TextualInversion>)>;
 
+/// The most distinct `<…>` triggers one prompt node looks up; the rest stay plain text. Each lookup
+/// is a database round trip on the one worker thread every user shares, and a prompt's encoding
+/// cannot use more embeddings than this anyway.
+const MAX_TRIGGERS: usize = 64;
+
 /// The textual-inversion embeddings the `<…>` triggers of `texts` name, for the text encoders of the main
 /// model `main_key` (InvokeAI's `generate_ti_list`, with the main model's base): a trigger's text is first
 /// taken as a model key (the model must be an embedding of that base), else as the name of an embedding of
@@ -542,13 +547,19 @@ fn embeddings(
     texts: &[&str],
 ) -> Result<Embeddings, NodeError> {
     let mut out: Embeddings = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut base: Option<String> = None;
     for name in texts.iter().flat_map(|t| triggers(t)) {
-        if seen.contains(&name) {
+        if seen.contains(name) {
             continue;
         }
-        seen.push(name);
+        if seen.len() == MAX_TRIGGERS {
+            tracing::warn!(
+                "more than {MAX_TRIGGERS} distinct <…> triggers in one prompt; the rest stay plain text"
+            );
+            break;
+        }
+        seen.insert(name);
         let base = match &base {
             Some(b) => b.clone(),
             None => base.insert(main_base(host, main_key)?).clone(),
@@ -614,8 +625,10 @@ fn load_embedding(
     if record["format"] == "embedding_folder" {
         path = path.join("learned_embeds.safetensors");
     }
-    host.model_load(false, record, None);
+    // The file is read before the events, so a trigger whose embedding fails to load (and stays
+    // text) leaves no `model_load_started` without its `model_load_complete`.
     let ti = Arc::new(TextualInversion::load(&path).map_err(engine_error)?);
+    host.model_load(false, record, None);
     host.model_load(true, record, None);
     let size = record["file_size"].as_u64().unwrap_or(0);
     cache.insert(key, size, Loaded::Embedding(ti.clone()));
