@@ -28,6 +28,7 @@ pub mod convert;
 mod error;
 pub mod ldm;
 pub mod lora;
+pub mod lycoris;
 pub mod noise;
 pub mod ops;
 pub mod pipeline;

@@ -4,7 +4,9 @@
 //!
 //! As InvokeAI does, each matched weight becomes `W + weight · (alpha / rank) · up @ down` (computed in f32;
 //! without an `.alpha` tensor the scale is 1). Conv LoRAs flatten `down` (`[rank, in, kh, kw]`) and `up`
-//! (`[out, rank, 1, 1]`) to matrices and reshape the product to the conv weight's shape.
+//! (`[out, rank, 1, 1]`) to matrices and reshape the product to the conv weight's shape. The LyCORIS layer
+//! types of kohya-named files (LoHa, LoKr, Tucker `lora_mid`, full `diff`, IA3, DoRA, norm) are applied the
+//! same way with their own `ΔW` ([`crate::lycoris`]); one file may mix them.
 //!
 //! Key names understood:
 //! - kohya, diffusers-named: `lora_unet_<module with _>.lora_down.weight` / `.lora_up.weight` / `.alpha`, and
@@ -20,8 +22,9 @@
 //!   `.lora.up.weight`, `.lora_down.weight` / `.lora_up.weight`), `text_encoder.<module>...`,
 //!   `text_encoder_2.<module>...`.
 //!
-//! Layers that match no module of the model are skipped with a warning, as InvokeAI skips them. Other LyCORIS
-//! layer types (LoHa, LoKr, `lora_mid`, DoRA) are refused with a clear error rather than applied wrongly.
+//! Layers that match no module of the model are skipped with a warning, as InvokeAI skips them. LyCORIS layer
+//! types in diffusers/PEFT naming (PEFT's DoRA `lora_magnitude_vector`, `hada_`, `lokr_`) are refused with a
+//! clear error rather than applied wrongly (InvokeAI reads SD LyCORIS files in kohya naming only).
 //!
 //! Unlike InvokeAI, which patches SD 1.x/2.x text encoders from `lora_te_` keys only and SDXL's first one from
 //! `lora_te1_` keys only, both prefixes patch [`LoraTarget::TextEncoder`] whatever the model (a LoRA's base is
@@ -32,6 +35,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::lycoris::LoraLayer;
 use crate::weights::SafetensorsFiles;
 use crate::EngineError;
 
@@ -55,49 +59,17 @@ enum ModuleKey {
     Dotted(String),
 }
 
-/// The factors of one LoRA layer (f32, on the CPU).
-#[derive(Debug, Clone)]
-pub struct LoraFactors {
-    /// `[out, rank]` or `[out, rank, 1, 1]`.
-    pub up: Tensor,
-    /// `[rank, in]` or `[rank, in, kh, kw]`.
-    pub down: Tensor,
-    /// The `.alpha` value, when the file has one.
-    pub alpha: Option<f32>,
-}
-
-impl LoraFactors {
-    /// `alpha / rank`, or 1 without an alpha.
-    pub fn scale(&self) -> f32 {
-        let rank = self.down.dims().first().copied().unwrap_or(1).max(1);
-        self.alpha.map_or(1.0, |a| a / rank as f32)
-    }
-
-    /// `scale · up @ down` as a 2-D `[out, in·kh·kw]` f32 tensor.
-    pub fn delta(&self) -> Result<Tensor, EngineError> {
-        let up = self.up.flatten_from(1)?;
-        let down = self.down.flatten_from(1)?;
-        Ok((up.matmul(&down)? * f64::from(self.scale()))?)
-    }
-}
-
 /// A parsed LoRA file.
 #[derive(Debug, Clone, Default)]
 pub struct Lora {
-    layers: BTreeMap<(LoraTarget, ModuleKey), LoraFactors>,
+    layers: BTreeMap<(LoraTarget, ModuleKey), LoraLayer>,
     ignored: Vec<String>,
 }
 
-#[derive(Default)]
-struct Partial {
-    up: Option<Tensor>,
-    down: Option<Tensor>,
-    alpha: Option<f32>,
-}
-
-/// Splits a tensor name into (target, module key, part) where part is `up`, `down` or `alpha`. `Ok(None)` for
-/// names that are not LoRA layers of a target we know; an error for known layers of an unsupported type.
-fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, &'static str)>, EngineError> {
+/// Splits a tensor name into (target, module key, leaf), the leaf being the name's part after the module (kohya's
+/// `lora_down.weight`, `hada_w1_a`, `alpha`, …; PEFT's names are given kohya's leaves). `Ok(None)` for names
+/// that are not LoRA layers of a target we know; an error for PEFT layers of an unsupported type.
+fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, String)>, EngineError> {
     const KOHYA: [(&str, LoraTarget); 4] = [
         ("lora_unet_", LoraTarget::Unet),
         ("lora_te_", LoraTarget::TextEncoder),
@@ -109,24 +81,17 @@ fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, &'static str)>,
             let Some((stem, leaf)) = rest.split_once('.') else {
                 return Ok(None);
             };
-            let part = match leaf {
-                "lora_down.weight" => "down",
-                "lora_up.weight" => "up",
-                "alpha" => "alpha",
-                _ => {
-                    return Err(EngineError::InvalidModel(format!(
-                        "LoRA tensor '{name}': this layer type ('{leaf}') is not supported yet \
-                         (only plain LoRA up/down factors are)"
-                    )))
-                }
-            };
             let stem = match target {
                 LoraTarget::TextEncoder | LoraTarget::TextEncoder2 => {
                     stem.strip_prefix("text_model_").unwrap_or(stem)
                 }
                 LoraTarget::Unet => stem,
             };
-            return Ok(Some((target, ModuleKey::Flattened(stem.to_string()), part)));
+            return Ok(Some((
+                target,
+                ModuleKey::Flattened(stem.to_string()),
+                leaf.to_string(),
+            )));
         }
     }
     const PEFT: [(&str, LoraTarget); 3] = [
@@ -135,12 +100,12 @@ fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, &'static str)>,
         ("text_encoder_2.", LoraTarget::TextEncoder2),
     ];
     const SUFFIXES: [(&str, &str); 7] = [
-        (".lora_A.weight", "down"),
-        (".lora_B.weight", "up"),
-        (".lora.down.weight", "down"),
-        (".lora.up.weight", "up"),
-        (".lora_down.weight", "down"),
-        (".lora_up.weight", "up"),
+        (".lora_A.weight", "lora_down.weight"),
+        (".lora_B.weight", "lora_up.weight"),
+        (".lora.down.weight", "lora_down.weight"),
+        (".lora.up.weight", "lora_up.weight"),
+        (".lora_down.weight", "lora_down.weight"),
+        (".lora_up.weight", "lora_up.weight"),
         (".alpha", "alpha"),
     ];
     for (prefix, target) in PEFT {
@@ -153,7 +118,11 @@ fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, &'static str)>,
                         }
                         LoraTarget::Unet => module,
                     };
-                    return Ok(Some((target, ModuleKey::Dotted(module.to_string()), part)));
+                    return Ok(Some((
+                        target,
+                        ModuleKey::Dotted(module.to_string()),
+                        part.to_string(),
+                    )));
                 }
             }
             if rest.contains("lora_magnitude_vector")
@@ -161,8 +130,8 @@ fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, &'static str)>,
                 || rest.contains(".lokr_")
             {
                 return Err(EngineError::InvalidModel(format!(
-                    "LoRA tensor '{name}': this layer type is not supported yet (only plain LoRA up/down \
-                     factors are)"
+                    "LoRA tensor '{name}': LyCORIS and DoRA layers in diffusers/PEFT naming are not \
+                     supported (InvokeAI reads them from kohya-named files only)"
                 )));
             }
             return Ok(None);
@@ -172,71 +141,45 @@ fn classify(name: &str) -> Result<Option<(LoraTarget, ModuleKey, &'static str)>,
 }
 
 impl Lora {
-    /// Reads a LoRA safetensors file. A corrupt file, an incomplete layer (an `up` without its `down`) or
-    /// factors of mismatched rank are [`EngineError::InvalidModel`].
+    /// Reads a LoRA safetensors file. A corrupt file, an incomplete layer (an `up` without its `down`, half a
+    /// LoHa), factors whose shapes do not fit together or a layer of an unknown type are
+    /// [`EngineError::InvalidModel`].
     pub fn load(path: &Path) -> Result<Self, EngineError> {
-        let in_file = |m: String| EngineError::InvalidModel(format!("{}: {m}", path.display()));
+        let in_file = |e: EngineError| match e {
+            EngineError::InvalidModel(m) => {
+                EngineError::InvalidModel(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        };
         let files = SafetensorsFiles::open(&[path])?;
         let mut names: Vec<String> = files.names().map(str::to_string).collect();
         names.sort();
-        let mut partial: BTreeMap<(LoraTarget, ModuleKey), Partial> = BTreeMap::new();
+        let mut partial: BTreeMap<(LoraTarget, ModuleKey), BTreeMap<String, Tensor>> =
+            BTreeMap::new();
         let mut ignored = Vec::new();
         for name in names {
-            let Some((target, key, part)) = classify(&name).map_err(|e| match e {
-                EngineError::InvalidModel(m) => in_file(m),
-                other => other,
-            })?
-            else {
+            let Some((target, key, leaf)) = classify(&name).map_err(in_file)? else {
                 ignored.push(name);
                 continue;
             };
             let tensor = files.load(&name, DType::F32, &Device::Cpu)?;
-            let entry = partial.entry((target, key)).or_default();
-            match part {
-                "up" => entry.up = Some(tensor),
-                "down" => entry.down = Some(tensor),
-                _ => {
-                    if tensor.elem_count() != 1 {
-                        return Err(in_file(format!("'{name}' is not a single value")));
-                    }
-                    entry.alpha = Some(tensor.flatten_all()?.to_vec1::<f32>()?[0]);
-                }
-            }
+            partial
+                .entry((target, key))
+                .or_default()
+                .insert(leaf, tensor);
         }
         let mut layers = BTreeMap::new();
-        for (key, p) in partial {
+        for (key, parts) in partial {
             let what = match &key.1 {
                 ModuleKey::Flattened(s) | ModuleKey::Dotted(s) => s.clone(),
             };
-            let (Some(up), Some(down)) = (p.up, p.down) else {
-                return Err(in_file(format!(
-                    "LoRA layer '{what}' lacks its up or down factor"
-                )));
-            };
-            let ok_rank = matches!(up.dims().len(), 2 | 4)
-                && matches!(down.dims().len(), 2 | 4)
-                && up.dims()[1] == down.dims()[0]
-                && up.dims()[2..].iter().all(|&d| d == 1);
-            if !ok_rank {
-                return Err(in_file(format!(
-                    "LoRA layer '{what}': factors of shapes {:?} and {:?} do not multiply",
-                    up.dims(),
-                    down.dims()
-                )));
-            }
-            layers.insert(
-                key,
-                LoraFactors {
-                    up,
-                    down,
-                    alpha: p.alpha,
-                },
-            );
+            let layer = LoraLayer::from_parts(&what, parts).map_err(in_file)?;
+            layers.insert(key, layer);
         }
         if layers.is_empty() {
-            return Err(in_file(
+            return Err(in_file(EngineError::InvalidModel(
                 "no LoRA layers for an SD 1.x/2.x/XL UNet or text encoder".into(),
-            ));
+            )));
         }
         Ok(Self { layers, ignored })
     }
@@ -254,6 +197,15 @@ impl Lora {
     /// The number of layers that patch `target`.
     pub fn layers_for(&self, target: LoraTarget) -> usize {
         self.layers.keys().filter(|(t, _)| *t == target).count()
+    }
+
+    /// How many layers of each type (LoRA, LoHa, …) the file has.
+    pub fn kinds(&self) -> BTreeMap<&'static str, usize> {
+        let mut kinds = BTreeMap::new();
+        for layer in self.layers.values() {
+            *kinds.entry(layer.kind()).or_insert(0) += 1;
+        }
+        kinds
     }
 
     /// The tensor names that were not LoRA layers and were skipped.
@@ -319,7 +271,7 @@ pub fn apply_loras(
         if *weight == 0.0 {
             continue;
         }
-        for ((t, key), factors) in &lora.layers {
+        for ((t, key), layer) in &lora.layers {
             if *t != target {
                 continue;
             }
@@ -335,20 +287,50 @@ pub fn apply_loras(
                 continue;
             };
             let shape = files.shape(name).map(<[usize]>::to_vec).unwrap_or_default();
-            let delta = (factors.delta()? * f64::from(*weight))?;
-            if delta.elem_count() != shape.iter().product::<usize>() {
-                return Err(EngineError::InvalidModel(format!(
-                    "LoRA layer for '{name}' has shape {:?} (rank {}), the model's weight is {shape:?}",
-                    delta.dims(),
-                    factors.down.dims()[0]
-                )));
-            }
-            let delta = delta.reshape(shape)?;
-            let sum = match deltas.remove(name) {
-                Some(previous) => (previous + delta)?,
-                None => delta,
+            // IA3 and DoRA read the weight as patched so far (InvokeAI patches LoRAs one after another).
+            let current = if layer.needs_weight() {
+                let w = files.load(name, DType::F32, &Device::Cpu)?;
+                Some(match deltas.get(name) {
+                    Some(d) => (w + d)?,
+                    None => w,
+                })
+            } else {
+                None
             };
-            deltas.insert(name.clone(), sum);
+            let delta = layer
+                .weight_delta(&shape, current.as_ref())
+                .map_err(|e| match e {
+                    EngineError::InvalidModel(m) => {
+                        EngineError::InvalidModel(format!("LoRA layer for '{name}': {m}"))
+                    }
+                    other => other,
+                })?;
+            let mut add = |name: &str, delta: Tensor| -> Result<(), EngineError> {
+                let delta = (delta * f64::from(*weight))?;
+                let sum = match deltas.remove(name) {
+                    Some(previous) => (previous + delta)?,
+                    None => delta,
+                };
+                deltas.insert(name.to_string(), sum);
+                Ok(())
+            };
+            add(name, delta)?;
+            if let Some(bias) = layer.bias_delta() {
+                let bias_name = format!("{}bias", name.trim_end_matches("weight"));
+                let bias_shape = files.shape(&bias_name).map(<[usize]>::to_vec);
+                let Some(s) = bias_shape
+                    .as_ref()
+                    .filter(|s| s.iter().product::<usize>() == bias.elem_count())
+                else {
+                    return Err(EngineError::InvalidModel(format!(
+                        "{} layer for '{name}' changes a bias of shape {:?}; the model's is {:?}",
+                        layer.kind(),
+                        bias.dims(),
+                        bias_shape
+                    )));
+                };
+                add(&bias_name, bias.reshape(s.as_slice())?)?;
+            }
             applied += 1;
         }
     }

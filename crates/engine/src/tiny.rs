@@ -907,3 +907,58 @@ pub fn write_tiny_lora(
     }
     crate::weights::write_f32_safetensors(path, &tensors)
 }
+
+/// Writes a random kohya-named LyCORIS file over [`tiny_lora_targets`] of the tiny model in `model_dir` to
+/// `path`, mixing layer types: LoHa (Tucker form) on the 3x3 conv, and LoHa and LoKr (full `lokr_w1`, low-rank
+/// `lokr_w2_a`/`lokr_w2_b`) in turn on the linear projections, each with alpha = rank / 2. The changes are of
+/// the size [`write_tiny_lora`]'s make.
+pub fn write_tiny_lycoris(model_dir: &Path, path: &Path, seed: u64) -> Result<(), EngineError> {
+    const RANK: usize = 2;
+    let mut generator = TorchGenerator::new(seed);
+    let mut draw = |shape: &[usize], scale: f32| {
+        let n: usize = shape.iter().product();
+        let mut v = generator.randn(n.max(16));
+        v.truncate(n);
+        (
+            shape.to_vec(),
+            v.iter().map(|x| x * scale).collect::<Vec<f32>>(),
+        )
+    };
+    // The smallest factor above 1 of `n` (or `n`), for LoKr's Kronecker split.
+    let split = |n: usize| (2..=n).find(|d| n % d == 0).unwrap_or(1);
+    let b_scale = 0.5 / (RANK as f32).sqrt();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (i, (is_text, module, shape)) in tiny_lora_targets(model_dir)?.into_iter().enumerate() {
+        let stem = if is_text {
+            format!("lora_te_text_model_{}", module.replace('.', "_"))
+        } else {
+            format!("lora_unet_{}", module.replace('.', "_"))
+        };
+        let (out, inputs) = (shape[0], shape[1..].iter().product::<usize>());
+        let mut push = |leaf: &str, (shape, values): (Vec<usize>, Vec<f32>)| {
+            tensors.push((format!("{stem}.{leaf}"), shape, values));
+        };
+        if let [_, channels, kh, kw] = shape[..] {
+            for half in ["1", "2"] {
+                push(&format!("hada_w{half}_a"), draw(&[RANK, out], 0.5));
+                push(&format!("hada_w{half}_b"), draw(&[RANK, channels], b_scale));
+                push(
+                    &format!("hada_t{half}"),
+                    draw(&[RANK, RANK, kh, kw], 1.0 / (RANK as f32).sqrt()),
+                );
+            }
+        } else if i % 2 == 0 {
+            for half in ["1", "2"] {
+                push(&format!("hada_w{half}_a"), draw(&[out, RANK], 0.5));
+                push(&format!("hada_w{half}_b"), draw(&[RANK, inputs], b_scale));
+            }
+        } else {
+            let (f, g) = (split(out), split(inputs));
+            push("lokr_w1", draw(&[f, g], 0.3));
+            push("lokr_w2_a", draw(&[out / f, RANK], 0.5));
+            push("lokr_w2_b", draw(&[RANK, inputs / g], b_scale));
+        }
+        push("alpha", (vec![], vec![RANK as f32 / 2.0]));
+    }
+    crate::weights::write_f32_safetensors(path, &tensors)
+}

@@ -51,7 +51,7 @@ fn parse_dtype(name: &str) -> Option<DType> {
         "BF16" => DType::BF16,
         "F64" => DType::F64,
         "I64" => DType::I64,
-        "U8" => DType::U8,
+        "U8" | "BOOL" => DType::U8,
         "U32" => DType::U32,
         _ => return None,
     })

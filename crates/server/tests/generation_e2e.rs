@@ -6,8 +6,8 @@ use crate::common::socket::SocketClient;
 use crate::common::*;
 use crate::models::{install, kohya_lora};
 use atelier_engine::tiny::{
-    write_ldm_vae, write_tiny_lora, write_tiny_sd, write_tiny_sd1_checkpoint, write_tiny_sd1_twin,
-    write_tiny_sd2_checkpoint, Family, LoraNaming,
+    write_ldm_vae, write_tiny_lora, write_tiny_lycoris, write_tiny_sd, write_tiny_sd1_checkpoint,
+    write_tiny_sd1_twin, write_tiny_sd2_checkpoint, Family, LoraNaming,
 };
 use atelier_engine::tiny_sdxl::{
     write_tiny_sdxl, write_tiny_sdxl_checkpoint, write_tiny_sdxl_lora, write_tiny_sdxl_refiner,
@@ -663,6 +663,89 @@ async fn a_lora_changes_the_image_and_weight_zero_does_not() {
     let r = s.post("/api/v1/generate", None, &b).await;
     assert_eq!(r.status, 422, "{}", r.text);
     assert!(r.text.contains("is not a LoRA for sd-1"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_lycoris_lora_changes_the_image_and_weight_zero_does_not() {
+    let s = TestServer::single_user().await;
+    let incoming = s.root.path().join("incoming");
+    let model_dir = incoming.join("tiny-sd1-lycoris-base");
+    write_tiny_sd1_twin(&model_dir, 11).expect("tiny model");
+    let job = install(&s, None, model_dir.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let main = job["config_out"].clone();
+    // LoHa (plain and Tucker) and LoKr layers in one kohya-named file.
+    let lora_path = incoming.join("tiny-lycoris.safetensors");
+    write_tiny_lycoris(&model_dir, &lora_path, 3).expect("tiny lycoris");
+    let job = install(&s, None, lora_path.to_str().unwrap(), true).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let lora = job["config_out"].clone();
+    assert_eq!(
+        (
+            lora["type"].clone(),
+            lora["format"].clone(),
+            lora["base"].clone()
+        ),
+        (json!("lora"), json!("lycoris"), json!("sd-1")),
+        "{lora}"
+    );
+    let (key, lora_key) = (main["key"].clone(), lora["key"].clone());
+    let body = |weight: Option<f64>| {
+        let mut b = json!({"prompt": "a photo of a cat", "negative_prompt": "blurry",
+            "model": key, "width": 64, "height": 64, "steps": 2, "scheduler": "euler",
+            "seed": 5, "wait": true, "timeout_s": 120});
+        if let Some(w) = weight {
+            b["loras"] = json!([{"model": lora_key, "weight": w}]);
+        }
+        b
+    };
+    let mut pixels = Vec::new();
+    for weight in [None, Some(0.8), Some(0.0)] {
+        pixels.push(generate_with_lora(&s, &body(weight), &lora_key, weight).await);
+    }
+    assert_ne!(
+        pixels[0].as_raw(),
+        pixels[1].as_raw(),
+        "the LyCORIS LoRA changed nothing"
+    );
+    assert_eq!(
+        pixels[0].as_raw(),
+        pixels[2].as_raw(),
+        "weight 0 changed the image"
+    );
+
+    // Through a `lora_loader` node in the UI's graph.
+    let mut graph = appendix_a(&main, 5, "a photo of a cat");
+    let (_, plain) = run_graph(&s, None, &graph).await;
+    let nodes = graph["nodes"].as_object_mut().unwrap();
+    nodes.insert(
+        "lora_loader:n15".into(),
+        json!({"id": "lora_loader:n15", "type": "lora_loader", "is_intermediate": true,
+            "use_cache": true, "lora": identifier(&lora), "weight": 0.8}),
+    );
+    let edges = graph["edges"].as_array_mut().unwrap();
+    for edge in edges.iter_mut() {
+        let field = edge["destination"]["field"].clone();
+        if field == "unet" || (field == "clip" && edge["source"]["node_id"] == "clip_skip:n5") {
+            edge["source"] = json!({"node_id": "lora_loader:n15", "field": field});
+        }
+    }
+    edges.push(
+        json!({"source": {"node_id": "sd1_model_loader:n4", "field": "unet"},
+        "destination": {"node_id": "lora_loader:n15", "field": "unet"}}),
+    );
+    edges.push(
+        json!({"source": {"node_id": "clip_skip:n5", "field": "clip"},
+        "destination": {"node_id": "lora_loader:n15", "field": "clip"}}),
+    );
+    let (_, with_lora) = run_graph(&s, None, &graph).await;
+    let plain = image_pixels(&s, None, plain.as_str().unwrap()).await;
+    let with_lora = image_pixels(&s, None, with_lora.as_str().unwrap()).await;
+    assert_ne!(
+        plain.as_raw(),
+        with_lora.as_raw(),
+        "lora_loader with a LyCORIS LoRA changed nothing"
+    );
 }
 
 /// Generates `body` through `POST /api/v1/generate`, checks that the image's metadata names the

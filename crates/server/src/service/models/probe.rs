@@ -300,6 +300,16 @@ fn lora_base(header: &Header) -> Option<&'static str> {
             || k.contains("attn2.processor.to_k");
         (down && attn2_k).then(|| t.shape.get(1).copied()).flatten()
     });
+    // LyCORIS layers (LoHa, LoKr, full) on the cross-attention's k/v projections.
+    let width = width.or_else(|| {
+        header.tensors.keys().find_map(|k| {
+            let (stem, leaf) = k.split_once('.')?;
+            let cross = stem.ends_with("_attn2_to_k") || stem.ends_with("_attn2_to_v");
+            (stem.starts_with("lora_unet_") && cross)
+                .then(|| lycoris_width(header, stem, leaf))
+                .flatten()
+        })
+    });
     let width = width.or_else(|| {
         header.tensors.iter().find_map(|(k, t)| {
             (k.starts_with("lora_te_") && k.ends_with("lora_down.weight"))
@@ -307,10 +317,39 @@ fn lora_base(header: &Header) -> Option<&'static str> {
                 .flatten()
         })
     });
+    let width = width.or_else(|| {
+        header.tensors.keys().find_map(|k| {
+            let (stem, leaf) = k.split_once('.')?;
+            (stem.starts_with("lora_te_") && stem.contains("_self_attn_"))
+                .then(|| lycoris_width(header, stem, leaf))
+                .flatten()
+        })
+    });
     match width? {
         768 => Some("sd-1"),
         1024 => Some("sd-2"),
         2048 => Some("sdxl"),
+        _ => None,
+    }
+}
+
+/// The input width of a kohya-named LyCORIS layer `stem` read from its tensor `leaf`, as InvokeAI's
+/// `lora_token_vector_length` reads it: LoHa's `hada_w·_b` and full `diff` columns, LoKr's `w1` columns times
+/// `w2` columns (each the full factor or its `_b` half), a text-encoder IA3 `weight`'s length.
+fn lycoris_width(header: &Header, stem: &str, leaf: &str) -> Option<u64> {
+    let column = |key: &str| header.shape(key).and_then(|s| s.get(1).copied());
+    match leaf {
+        "hada_w1_b" | "hada_w2_b" | "diff" => column(&format!("{stem}.{leaf}")),
+        l if l.starts_with("lokr_") => {
+            let factor = |n: u8| {
+                column(&format!("{stem}.lokr_w{n}"))
+                    .or_else(|| column(&format!("{stem}.lokr_w{n}_b")))
+            };
+            Some(factor(1)? * factor(2)?)
+        }
+        "weight" if !stem.starts_with("lora_unet_") => header
+            .shape(&format!("{stem}.weight"))
+            .and_then(|s| s.first().copied()),
         _ => None,
     }
 }
@@ -740,6 +779,33 @@ pub(crate) mod tests {
         )])
         .expect("peft");
         assert_eq!(p["base"], "sd-2");
+        // LyCORIS layers: LoHa, LoKr (w1 columns × w2 columns), a text-encoder IA3.
+        let attn2 = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k";
+        let p = probe_tensors(vec![
+            (format!("{attn2}.hada_w1_a"), vec![320, 4]),
+            (format!("{attn2}.hada_w1_b"), vec![4, 1024]),
+        ])
+        .expect("loha");
+        assert_eq!(kind(&p), ("lora", "lycoris", "sd-2"));
+        let p = probe_tensors(vec![
+            (format!("{attn2}.lokr_w1"), vec![8, 8]),
+            (format!("{attn2}.lokr_w2_a"), vec![40, 2]),
+            (format!("{attn2}.lokr_w2_b"), vec![2, 96]),
+        ])
+        .expect("lokr");
+        assert_eq!(kind(&p), ("lora", "lycoris", "sd-1"));
+        let p = probe_tensors(vec![
+            (
+                "lora_te_text_model_encoder_layers_0_self_attn_k_proj.weight".into(),
+                vec![768],
+            ),
+            (
+                "lora_te_text_model_encoder_layers_0_self_attn_k_proj.on_input".into(),
+                vec![],
+            ),
+        ])
+        .expect("ia3");
+        assert_eq!(kind(&p), ("lora", "lycoris", "sd-1"));
         let p = probe_tensors(vec![
             ("encoder.conv_in.weight".into(), vec![128, 3, 3, 3]),
             ("decoder.conv_out.weight".into(), vec![3, 128, 3, 3]),
