@@ -621,37 +621,7 @@ async fn a_lora_changes_the_image_and_weight_zero_does_not() {
     );
 
     // The UI's graph (Appendix A) with a `lora_loader` between the loaders and their users.
-    let mut graph = appendix_a(&main, 5, "a photo of a cat");
-    let (_, plain) = run_graph(&s, None, &graph).await;
-    let nodes = graph["nodes"].as_object_mut().unwrap();
-    nodes.insert(
-        "lora_loader:n15".into(),
-        json!({"id": "lora_loader:n15", "type": "lora_loader", "is_intermediate": true,
-            "use_cache": true, "lora": identifier(&lora), "weight": 0.8}),
-    );
-    let edges = graph["edges"].as_array_mut().unwrap();
-    for edge in edges.iter_mut() {
-        let field = edge["destination"]["field"].clone();
-        if field == "unet" || (field == "clip" && edge["source"]["node_id"] == "clip_skip:n5") {
-            edge["source"] = json!({"node_id": "lora_loader:n15", "field": field});
-        }
-    }
-    edges.push(
-        json!({"source": {"node_id": "sd1_model_loader:n4", "field": "unet"},
-        "destination": {"node_id": "lora_loader:n15", "field": "unet"}}),
-    );
-    edges.push(
-        json!({"source": {"node_id": "clip_skip:n5", "field": "clip"},
-        "destination": {"node_id": "lora_loader:n15", "field": "clip"}}),
-    );
-    let (_, with_lora) = run_graph(&s, None, &graph).await;
-    let plain = image_pixels(&s, None, plain.as_str().unwrap()).await;
-    let with_lora = image_pixels(&s, None, with_lora.as_str().unwrap()).await;
-    assert_ne!(
-        plain.as_raw(),
-        with_lora.as_raw(),
-        "lora_loader changed nothing"
-    );
+    assert_lora_loader_changes_the_image(&s, &main, &lora, "lora_loader changed nothing").await;
 
     // A LoRA for another base is refused.
     let sd2_lora = incoming.join("sd2-lora.safetensors");
@@ -715,13 +685,30 @@ async fn a_lycoris_lora_changes_the_image_and_weight_zero_does_not() {
     );
 
     // Through a `lora_loader` node in the UI's graph.
-    let mut graph = appendix_a(&main, 5, "a photo of a cat");
-    let (_, plain) = run_graph(&s, None, &graph).await;
+    assert_lora_loader_changes_the_image(
+        &s,
+        &main,
+        &lora,
+        "lora_loader with a LyCORIS LoRA changed nothing",
+    )
+    .await;
+}
+
+/// The UI's graph (Appendix A) on `main`, plain and with a `lora_loader` (weight 0.8) between the
+/// loaders and their users: the LoRA must change the image.
+async fn assert_lora_loader_changes_the_image(
+    s: &TestServer,
+    main: &Value,
+    lora: &Value,
+    what: &str,
+) {
+    let mut graph = appendix_a(main, 5, "a photo of a cat");
+    let (_, plain) = run_graph(s, None, &graph).await;
     let nodes = graph["nodes"].as_object_mut().unwrap();
     nodes.insert(
         "lora_loader:n15".into(),
         json!({"id": "lora_loader:n15", "type": "lora_loader", "is_intermediate": true,
-            "use_cache": true, "lora": identifier(&lora), "weight": 0.8}),
+            "use_cache": true, "lora": identifier(lora), "weight": 0.8}),
     );
     let edges = graph["edges"].as_array_mut().unwrap();
     for edge in edges.iter_mut() {
@@ -738,14 +725,10 @@ async fn a_lycoris_lora_changes_the_image_and_weight_zero_does_not() {
         json!({"source": {"node_id": "clip_skip:n5", "field": "clip"},
         "destination": {"node_id": "lora_loader:n15", "field": "clip"}}),
     );
-    let (_, with_lora) = run_graph(&s, None, &graph).await;
-    let plain = image_pixels(&s, None, plain.as_str().unwrap()).await;
-    let with_lora = image_pixels(&s, None, with_lora.as_str().unwrap()).await;
-    assert_ne!(
-        plain.as_raw(),
-        with_lora.as_raw(),
-        "lora_loader with a LyCORIS LoRA changed nothing"
-    );
+    let (_, with_lora) = run_graph(s, None, &graph).await;
+    let plain = image_pixels(s, None, plain.as_str().unwrap()).await;
+    let with_lora = image_pixels(s, None, with_lora.as_str().unwrap()).await;
+    assert_ne!(plain.as_raw(), with_lora.as_raw(), "{what}");
 }
 
 /// Generates `body` through `POST /api/v1/generate`, checks that the image's metadata names the
