@@ -325,6 +325,45 @@ impl SimpleBackend for SafetensorsFiles {
     }
 }
 
+/// How much memory a model's weights take once loaded with floating-point tensors in `dtype` (the VAE in
+/// [`crate::pipeline::VAE_DTYPE`]): what it costs a model cache, which the file's size does not tell when the
+/// file is stored in another precision. `path` is a single `.safetensors` file (every tensor counts) or a
+/// diffusers folder (its `unet/`, `vae/`, `text_encoder/` and `text_encoder_2/` weights, as loading picks them).
+pub fn loaded_bytes(path: &Path, dtype: DType) -> Result<u64, EngineError> {
+    let bytes = |files: &SafetensorsFiles, dtype: DType| -> u64 {
+        files
+            .tensors
+            .values()
+            .map(|info| {
+                let numel: u64 = info.shape.iter().map(|&d| d as u64).product();
+                let size = if info.dtype.is_float() {
+                    dtype
+                } else {
+                    info.dtype
+                };
+                numel.saturating_mul(size.size_in_bytes() as u64)
+            })
+            .sum()
+    };
+    if !path.is_dir() {
+        return Ok(bytes(&SafetensorsFiles::open(&[path])?, dtype));
+    }
+    let mut total = 0u64;
+    for (component, stem, component_dtype) in [
+        ("unet", "diffusion_pytorch_model", dtype),
+        ("vae", "diffusion_pytorch_model", crate::pipeline::VAE_DTYPE),
+        ("text_encoder", "model", dtype),
+        ("text_encoder_2", "model", dtype),
+    ] {
+        let dir = path.join(component);
+        if dir.is_dir() {
+            let files = SafetensorsFiles::open(&component_files(&dir, &[stem])?)?;
+            total = total.saturating_add(bytes(&files, component_dtype));
+        }
+    }
+    Ok(total)
+}
+
 /// The safetensors file(s) of a diffusers component folder: `<stem>.safetensors`, else its shards
 /// (`<stem>-00001-of-0000N.safetensors`, listed by `<stem>.safetensors.index.json` or found by name).
 pub fn component_files(dir: &Path, stems: &[&str]) -> Result<Vec<PathBuf>, EngineError> {
@@ -438,6 +477,43 @@ pub fn write_f32_safetensors_streaming(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loaded_bytes_counts_the_weights_in_the_load_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("sd1");
+        crate::tiny::write_tiny_sd(&model, crate::tiny::Family::Sd1, 3).unwrap();
+        let count = |component: &str| -> u64 {
+            let files = SafetensorsFiles::open(
+                &component_files(
+                    &model.join(component),
+                    &["diffusion_pytorch_model", "model"],
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            files
+                .names()
+                .map(|n| files.shape(n).unwrap().iter().product::<usize>() as u64)
+                .sum()
+        };
+        let (unet, vae, text) = (count("unet"), count("vae"), count("text_encoder"));
+        // The tiny writer stores f32: in f32 the size is 4 bytes per value; in f16 the UNet and the
+        // text encoder halve while the VAE stays f32.
+        assert_eq!(
+            loaded_bytes(&model, DType::F32).unwrap(),
+            4 * (unet + vae + text)
+        );
+        assert_eq!(
+            loaded_bytes(&model, DType::F16).unwrap(),
+            2 * (unet + text) + 4 * vae
+        );
+        // A single file: every tensor.
+        let file = dir.path().join("one.safetensors");
+        write_f32_safetensors(&file, &[("a".into(), vec![2, 3], vec![0.0; 6])]).unwrap();
+        assert_eq!(loaded_bytes(&file, DType::F16).unwrap(), 12);
+        assert!(loaded_bytes(&dir.path().join("missing.safetensors"), DType::F32).is_err());
+    }
 
     #[test]
     fn round_trip_and_corruption_are_errors() {

@@ -26,8 +26,25 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Default memory budget for loaded models when the config sets no `max_cache_ram_gb` (GB).
-const DEFAULT_BUDGET_BYTES: u64 = 8 << 30;
+const GB: u64 = 1 << 30;
+
+/// The memory budget for loaded models when the config sets no `max_cache_ram_gb`: InvokeAI's
+/// heuristic for a machine without a GPU (half the system memory less a 2 GB baseline, at most
+/// 32 GB, at least 4 GB). `total` is the system memory, when known (8 GB otherwise).
+fn default_budget(total: Option<u64>) -> u64 {
+    match total {
+        Some(total) => (total / 2).saturating_sub(2 * GB).clamp(4 * GB, 32 * GB),
+        None => 8 * GB,
+    }
+}
+
+/// The machine's memory from `/proc/meminfo` (Linux), in bytes.
+fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
 
 fn engine_error(e: atelier_engine::EngineError) -> NodeError {
     match e {
@@ -61,9 +78,10 @@ pub struct ModelCache {
 
 impl ModelCache {
     pub fn new(budget_gb: Option<f64>, compute: Result<Compute, String>) -> Self {
-        let budget = budget_gb
-            .filter(|gb| *gb > 0.0)
-            .map_or(DEFAULT_BUDGET_BYTES, |gb| (gb * (1u64 << 30) as f64) as u64);
+        let budget = budget_gb.filter(|gb| *gb > 0.0).map_or_else(
+            || default_budget(total_memory()),
+            |gb| (gb * GB as f64) as u64,
+        );
         Self {
             budget,
             entries: Vec::new(),
@@ -397,7 +415,6 @@ fn model(
         record["path"].as_str().unwrap_or_default(),
     );
     let base = record["base"].as_str().unwrap_or_default().to_owned();
-    let mut size = record["file_size"].as_u64().unwrap_or(0);
     let mut parsed: Vec<(LoraSlot, Vec<(Lora, f32)>)> = Vec::new();
     for (slot, owned) in &active {
         let mut list = Vec::new();
@@ -409,7 +426,6 @@ fn model(
             host.model_load(false, lora_record, None);
             let lora = Lora::load(&lora_file(&lora_path)?).map_err(engine_error)?;
             host.model_load(true, lora_record, None);
-            size += lora_record["file_size"].as_u64().unwrap_or(0);
             list.push((lora, *weight));
         }
         parsed.push((*slot, list));
@@ -443,6 +459,10 @@ fn model(
     }
     .map_err(engine_error)?;
     host.model_load(true, &record, Some(submodel));
+    // What the weights take in memory in the load dtype (LoRAs are merged into them), which the
+    // file's size does not tell when it is stored in another precision.
+    let size = atelier_engine::weights::loaded_bytes(&path, compute.dtype)
+        .unwrap_or_else(|_| record["file_size"].as_u64().unwrap_or(0));
     let model = Arc::new(loaded);
     cache.insert(&cache_key, size, Loaded::Sd(model.clone()));
     Ok(model)
@@ -1050,6 +1070,24 @@ pub fn encode(
 mod tests {
     use super::*;
     use base64::Engine as _;
+
+    #[test]
+    fn the_default_cache_budget_follows_invokeai_heuristic() {
+        // Half the memory less 2 GB, between 4 and 32 GB; 8 GB when the memory is unknown.
+        assert_eq!(default_budget(Some(24 * GB)), 10 * GB);
+        assert_eq!(default_budget(Some(8 * GB)), 4 * GB);
+        assert_eq!(default_budget(Some(GB)), 4 * GB);
+        assert_eq!(default_budget(Some(256 * GB)), 32 * GB);
+        assert_eq!(default_budget(None), 8 * GB);
+        // This machine's /proc/meminfo is read (Linux CI).
+        assert!(total_memory().is_some_and(|m| m > GB));
+        let cache = ModelCache::new(None, Ok(Compute::cpu()));
+        assert_eq!(cache.budget, default_budget(total_memory()));
+        assert_eq!(
+            ModelCache::new(Some(1.5), Ok(Compute::cpu())).budget,
+            3 * GB / 2
+        );
+    }
 
     #[test]
     fn checkpoint_configs_follow_the_record() {
