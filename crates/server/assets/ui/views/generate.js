@@ -566,6 +566,10 @@ export async function render(container) {
   formErr,
   invokeBtn);
 
+  // The controls wait for the data: a value typed before `fill()` below would be overwritten.
+  const controls = [...form.querySelectorAll('input, select, textarea, button')];
+  for (const c of controls) c.disabled = true;
+
   mount(container,
     h('div', { class: 'page-head' }, h('h1', {}, 'Generate')),
     h('div', { class: 'gen' },
@@ -583,6 +587,7 @@ export async function render(container) {
     api('api/v2/models/', { query: { model_type: 'lora' } }).catch(() => ({ models: [] })),
   ]);
   if (stopped) return undefined;
+  for (const c of controls) c.disabled = false;
   const missing = new Set(gone.models.map((m) => m.key));
   models = main.models.filter((m) => BASES[m.base] && !missing.has(m.key));
   vaes = vaeList.models.filter((m) => !missing.has(m.key));
