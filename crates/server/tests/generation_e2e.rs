@@ -591,32 +591,14 @@ async fn a_lora_changes_the_image_and_weight_zero_does_not() {
     );
     let (key, lora_key) = (main["key"].clone(), lora["key"].clone());
 
-    let body = |weight: Option<f64>| {
-        let mut b = json!({"prompt": "a photo of a cat", "negative_prompt": "blurry",
+    let body = json!({"prompt": "a photo of a cat", "negative_prompt": "blurry",
             "model": key, "width": 64, "height": 64, "steps": 2, "scheduler": "euler",
             "seed": 5, "wait": true, "timeout_s": 120});
-        if let Some(w) = weight {
-            b["loras"] = json!([{"model": lora_key, "weight": w}]);
-        }
-        b
-    };
-    let mut pixels = Vec::new();
-    for weight in [None, Some(0.8), Some(0.0), Some(0.8)] {
-        pixels.push(generate_with_lora(&s, &body(weight), &lora_key, weight).await);
-    }
-    assert_ne!(
-        pixels[0].as_raw(),
-        pixels[1].as_raw(),
-        "the LoRA changed nothing"
-    );
+    let (_, with_lora) = assert_lora_acts(&s, &body, &lora_key, "the LoRA changed nothing").await;
+    let again = generate_with_lora(&s, &body, &lora_key, Some(0.8)).await;
     assert_eq!(
-        pixels[0].as_raw(),
-        pixels[2].as_raw(),
-        "weight 0 changed the image"
-    );
-    assert_eq!(
-        pixels[1].as_raw(),
-        pixels[3].as_raw(),
+        with_lora.as_raw(),
+        again.as_raw(),
         "the LoRA is not deterministic"
     );
 
@@ -628,7 +610,7 @@ async fn a_lora_changes_the_image_and_weight_zero_does_not() {
     kohya_lora(&sd2_lora, 1024);
     let job = install(&s, None, sd2_lora.to_str().unwrap(), true).await;
     assert_eq!(job["config_out"]["base"], "sd-2", "{job}");
-    let mut b = body(None);
+    let mut b = body.clone();
     b["loras"] = json!([{"model": job["config_out"]["key"], "weight": 0.5}]);
     let r = s.post("/api/v1/generate", None, &b).await;
     assert_eq!(r.status, 422, "{}", r.text);
@@ -660,29 +642,10 @@ async fn a_lycoris_lora_changes_the_image_and_weight_zero_does_not() {
         "{lora}"
     );
     let (key, lora_key) = (main["key"].clone(), lora["key"].clone());
-    let body = |weight: Option<f64>| {
-        let mut b = json!({"prompt": "a photo of a cat", "negative_prompt": "blurry",
+    let body = json!({"prompt": "a photo of a cat", "negative_prompt": "blurry",
             "model": key, "width": 64, "height": 64, "steps": 2, "scheduler": "euler",
             "seed": 5, "wait": true, "timeout_s": 120});
-        if let Some(w) = weight {
-            b["loras"] = json!([{"model": lora_key, "weight": w}]);
-        }
-        b
-    };
-    let mut pixels = Vec::new();
-    for weight in [None, Some(0.8), Some(0.0)] {
-        pixels.push(generate_with_lora(&s, &body(weight), &lora_key, weight).await);
-    }
-    assert_ne!(
-        pixels[0].as_raw(),
-        pixels[1].as_raw(),
-        "the LyCORIS LoRA changed nothing"
-    );
-    assert_eq!(
-        pixels[0].as_raw(),
-        pixels[2].as_raw(),
-        "weight 0 changed the image"
-    );
+    assert_lora_acts(&s, &body, &lora_key, "the LyCORIS LoRA changed nothing").await;
 
     // Through a `lora_loader` node in the UI's graph.
     assert_lora_loader_changes_the_image(
@@ -739,7 +702,13 @@ async fn generate_with_lora(
     lora_key: &Value,
     weight: Option<f64>,
 ) -> image::RgbImage {
-    let r = s.post("/api/v1/generate", None, body).await;
+    let r = s
+        .post(
+            "/api/v1/generate",
+            None,
+            &body_with_lora(body, lora_key, weight),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["status"], "completed", "{}", r.text);
     let name = r.body["images"][0]["image_name"].as_str().unwrap();
@@ -755,6 +724,31 @@ async fn generate_with_lora(
         assert_eq!(meta.body["loras"][0]["weight"], json!(w));
     }
     image_pixels(s, None, name).await
+}
+
+/// A generate request `body` with the LoRA `lora_key` at `weight` (`None`: as it is).
+fn body_with_lora(body: &Value, lora_key: &Value, weight: Option<f64>) -> Value {
+    let mut b = body.clone();
+    if let Some(w) = weight {
+        b["loras"] = json!([{"model": lora_key, "weight": w}]);
+    }
+    b
+}
+
+/// Generates `body` without the LoRA, with it at 0.8 and at 0: the LoRA must change the image
+/// and weight 0 must not. Returns the plain image and the one at 0.8.
+async fn assert_lora_acts(
+    s: &TestServer,
+    body: &Value,
+    lora_key: &Value,
+    what: &str,
+) -> (image::RgbImage, image::RgbImage) {
+    let plain = generate_with_lora(s, body, lora_key, None).await;
+    let with_lora = generate_with_lora(s, body, lora_key, Some(0.8)).await;
+    let zero = generate_with_lora(s, body, lora_key, Some(0.0)).await;
+    assert_ne!(plain.as_raw(), with_lora.as_raw(), "{what}");
+    assert_eq!(plain.as_raw(), zero.as_raw(), "weight 0 changed the image");
+    (plain, with_lora)
 }
 
 /// A model record as the identifier a graph carries.
@@ -1213,33 +1207,15 @@ async fn an_sdxl_lora_changes_the_image_and_weight_zero_does_not() {
     );
     let lora_key = lora["key"].clone();
 
-    let body = |weight: Option<f64>| {
-        let mut b = json!({"prompt": "a (red)1.2 fox", "negative_prompt": "blurry", "model": key,
+    let body = json!({"prompt": "a (red)1.2 fox", "negative_prompt": "blurry", "model": key,
             "width": 64, "height": 64, "steps": 2, "scheduler": "euler", "seed": 42,
             "wait": true, "timeout_s": 120});
-        if let Some(w) = weight {
-            b["loras"] = json!([{"model": lora_key, "weight": w}]);
-        }
-        b
-    };
-    let mut pixels = Vec::new();
-    for weight in [None, Some(0.8), Some(0.0)] {
-        pixels.push(generate_with_lora(&s, &body(weight), &lora_key, weight).await);
-    }
-    assert_ne!(
-        pixels[0].as_raw(),
-        pixels[1].as_raw(),
-        "the LoRA changed nothing"
-    );
-    assert_eq!(
-        pixels[0].as_raw(),
-        pixels[2].as_raw(),
-        "weight 0 changed the image"
-    );
+    let (plain, with_lora) =
+        assert_lora_acts(&s, &body, &lora_key, "the LoRA changed nothing").await;
 
     // The endpoint's graph puts an `sdxl_lora_collection_loader` between the loader and the UNet, CLIP
     // and CLIP 2 users; run as is, it is the same generation.
-    let mut dry = body(Some(0.8));
+    let mut dry = body_with_lora(&body, &lora_key, Some(0.8));
     dry["dry_run"] = json!(true);
     dry.as_object_mut().unwrap().remove("wait");
     let r = s.post("/api/v1/generate", None, &dry).await;
@@ -1262,7 +1238,7 @@ async fn an_sdxl_lora_changes_the_image_and_weight_zero_does_not() {
     let item = run_batch(&s, &batch).await;
     assert_eq!(item["status"], "completed", "{item}");
     let full = image_pixels(&s, None, &item_image(&item)).await;
-    assert_eq!(full.as_raw(), pixels[1].as_raw());
+    assert_eq!(full.as_raw(), with_lora.as_raw());
 
     // CLIP 1 from the plain loader, CLIP 2 and the UNet through the LoRA: text encoder 2 keeps its LoRA
     // while text encoder 1 does not, so the image is neither the plain one nor the full LoRA's (the
@@ -1284,7 +1260,7 @@ async fn an_sdxl_lora_changes_the_image_and_weight_zero_does_not() {
         full.as_raw(),
         "CLIP 1's LoRA changed nothing"
     );
-    assert_ne!(only_clip2.as_raw(), pixels[0].as_raw(), "no LoRA applied");
+    assert_ne!(only_clip2.as_raw(), plain.as_raw(), "no LoRA applied");
 }
 
 /// `POST /api/v1/generate` with `refiner_model` (an Atelier extension): the base SDXL model
