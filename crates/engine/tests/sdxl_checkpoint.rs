@@ -11,7 +11,7 @@ use atelier_engine::pipeline::{
 };
 use atelier_engine::tiny_sdxl::{write_tiny_sdxl_checkpoint, write_tiny_sdxl_refiner_checkpoint};
 use atelier_engine::weights::SafetensorsFiles;
-use atelier_engine::{EngineError, SdxlAdded};
+use atelier_engine::{EngineError, SdxlAdded, SdxlConditioning};
 
 const POSITIVE_IDS: [f64; 6] = [64.0, 64.0, 0.0, 0.0, 64.0, 64.0];
 const NEGATIVE_IDS: [f64; 6] = [64.0, 48.0, 0.0, 8.0, 64.0, 64.0];
@@ -40,6 +40,37 @@ fn request(sd: &Sd) -> DenoiseRequest {
             negative_time_ids: NEGATIVE_IDS.to_vec(),
         }),
     }
+}
+
+/// The checkpoint `sd` and its diffusers twin agree exactly: one UNet call at t = 999 and 1 on the
+/// conditioning `c` with time ids `ids`, then the denoise `request` builds and its decoded image.
+fn assert_unet_and_run_equal(
+    sd: &Sd,
+    twin: &Sd,
+    c: &SdxlConditioning,
+    ids: &Tensor,
+    request: fn(&Sd) -> DenoiseRequest,
+) {
+    let x = Sd::noise(3, 64, 64).unwrap();
+    for t in [999.0, 1.0] {
+        let a = sd
+            .unet_forward_added(&x, t, &c.embeds, Some((&c.pooled, ids)))
+            .unwrap();
+        let b = twin
+            .unet_forward_added(&x, t, &c.embeds, Some((&c.pooled, ids)))
+            .unwrap();
+        assert_eq!(values(&a), values(&b), "t = {t}");
+    }
+    let cancel = AtomicBool::new(false);
+    let latents = sd.denoise(&request(sd), &mut NoProgress, &cancel).unwrap();
+    let latents_twin = twin
+        .denoise(&request(twin), &mut NoProgress, &cancel)
+        .unwrap();
+    assert_eq!(values(&latents), values(&latents_twin));
+    assert_eq!(
+        sd.decode(&latents).unwrap().as_raw(),
+        twin.decode(&latents_twin).unwrap().as_raw()
+    );
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -119,33 +150,14 @@ fn an_sdxl_checkpoint_runs_like_its_diffusers_twin() {
     }
     // The UNet, with its addition embedding.
     let c = sd.encode_prompt_sdxl("a photo of a cat", "", 0, 0).unwrap();
-    let x = Sd::noise(3, 64, 64).unwrap();
     let ids = Tensor::from_vec(
         POSITIVE_IDS.iter().map(|&v| v as f32).collect::<Vec<_>>(),
         (1, 6),
         &Device::Cpu,
     )
     .unwrap();
-    for t in [999.0, 1.0] {
-        let a = sd
-            .unet_forward_added(&x, t, &c.embeds, Some((&c.pooled, &ids)))
-            .unwrap();
-        let b = twin
-            .unet_forward_added(&x, t, &c.embeds, Some((&c.pooled, &ids)))
-            .unwrap();
-        assert_eq!(values(&a), values(&b), "t = {t}");
-    }
     // A whole generation, decoded.
-    let cancel = AtomicBool::new(false);
-    let latents = sd.denoise(&request(&sd), &mut NoProgress, &cancel).unwrap();
-    let latents_twin = twin
-        .denoise(&request(&twin), &mut NoProgress, &cancel)
-        .unwrap();
-    assert_eq!(values(&latents), values(&latents_twin));
-    assert_eq!(
-        sd.decode(&latents).unwrap().as_raw(),
-        twin.decode(&latents_twin).unwrap().as_raw()
-    );
+    assert_unet_and_run_equal(&sd, &twin, &c, &ids, request);
 
     // Another family's configuration is a clear error.
     let err = Sd::load_checkpoint(&file, &CheckpointConfig::sd1(), &Device::Cpu, DType::F32)
@@ -294,30 +306,9 @@ fn an_sdxl_refiner_checkpoint_runs_like_its_diffusers_twin() {
     let c = sd
         .encode_prompt_sdxl_refiner("a photo of a cat", 0)
         .unwrap();
-    let x = Sd::noise(3, 64, 64).unwrap();
     let ids = Tensor::from_vec(vec![64f32, 64.0, 0.0, 0.0, 6.0], (1, 5), &Device::Cpu).unwrap();
-    for t in [999.0, 1.0] {
-        let a = sd
-            .unet_forward_added(&x, t, &c.embeds, Some((&c.pooled, &ids)))
-            .unwrap();
-        let b = twin
-            .unet_forward_added(&x, t, &c.embeds, Some((&c.pooled, &ids)))
-            .unwrap();
-        assert_eq!(values(&a), values(&b), "t = {t}");
-    }
     // A refiner run from denoising_start 0.8, decoded.
-    let cancel = AtomicBool::new(false);
-    let latents = sd
-        .denoise(&refiner_request(&sd), &mut NoProgress, &cancel)
-        .unwrap();
-    let latents_twin = twin
-        .denoise(&refiner_request(&twin), &mut NoProgress, &cancel)
-        .unwrap();
-    assert_eq!(values(&latents), values(&latents_twin));
-    assert_eq!(
-        sd.decode(&latents).unwrap().as_raw(),
-        twin.decode(&latents_twin).unwrap().as_raw()
-    );
+    assert_unet_and_run_equal(&sd, &twin, &c, &ids, refiner_request);
 
     // The base's configuration is a clear error, and the refiner's on a base checkpoint.
     let err = Sd::load_checkpoint(&file, &CheckpointConfig::sdxl(), &Device::Cpu, DType::F32)
